@@ -1,0 +1,84 @@
+"""``train(cfg)``: build everything from a composed Hydra config and fit it with Lightning."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def wandb_has_credentials() -> bool:
+    """True if an API key is configured (environment variable or ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def configure_wandb_mode() -> None:
+    """Run wandb offline unless the user chose a mode or is logged in (said once, never fatal)."""
+    if os.environ.get("WANDB_MODE"):
+        return
+    if not wandb_has_credentials():
+        os.environ["WANDB_MODE"] = "offline"
+        log.warning(
+            "wandb: no API key configured, logging offline to the run folder "
+            "(`wandb sync <dir>` uploads it later; logger=csv avoids wandb)"
+        )
+
+
+def bundle_config(cfg: DictConfig) -> dict:
+    """What an inference bundle needs to rebuild the network and schedule, as plain data."""
+    return {
+        "net": OmegaConf.to_container(cfg.model, resolve=True),
+        "schedule": OmegaConf.to_container(cfg.diffusion, resolve=True),
+        "task": {"name": cfg.task.name, "num_sources": cfg.task.num_sources, "channels": cfg.task.channels},
+        "data": {"range": [-1.0, 1.0]},
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True),
+    }
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the configured model; returns (final metrics, the objects built)."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.model)
+    schedule = instantiate(cfg.diffusion)
+    # _partial_ so that plain objects (network, schedule, the bundle dict with its _target_) are
+    # passed as they are rather than run through instantiate again.
+    module = instantiate(cfg.task.module, _partial_=True)(net=net, schedule=schedule, bundle_config=bundle_config(cfg))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger = False
+    if cfg.get("logger"):
+        if "Wandb" in str(cfg.logger.get("_target_", "")):
+            configure_wandb_mode()
+        logger = instantiate(cfg.logger)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+    log.info("network: %.2f M parameters", sum(p.numel() for p in net.parameters()) / 1e6)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    bundle = None
+    if cfg.get("export") and trainer.is_global_zero and not trainer.fast_dev_run:
+        from fusiondiff.inference import export_bundle
+
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = ckpt or (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else "")
+        if ckpt:
+            bundle = export_bundle(ckpt, output_dir / "model.safetensors")
+            log.info("exported inference bundle %s (from %s)", bundle, ckpt)
+    return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule, "bundle": bundle}

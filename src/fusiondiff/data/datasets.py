@@ -1,0 +1,312 @@
+"""Datasets yielding ``{"sources": [N, C, H, W], "target": [C, H, W] (optional), "name": str}`` in [-1, 1]."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from fusiondiff.data.io import ImageError, _check_channels_arg, read_image, to_channels
+from fusiondiff.data.pairing import Sample, find_samples
+
+log = logging.getLogger(__name__)
+
+# scikit-image photos that ship inside the package (no download). The last two are held out
+# from training by default and used for validation, tests and the built-in example.
+SKIMAGE_TRAIN_PHOTOS = (
+    "astronaut", "chelsea", "immunohistochemistry", "hubble_deep_field", "retina", "stereo_motorcycle",
+    "camera", "brick", "grass", "gravel", "moon", "clock", "coins", "cell", "page", "text",
+)  # fmt: skip
+SKIMAGE_HELDOUT_PHOTOS = ("coffee", "rocket")
+
+
+def load_sources(
+    paths: Sequence[str | Path], channels: int | None = None, resize: bool = False
+) -> torch.Tensor:
+    """Read N source images as [N, C, H, W]; sizes must agree unless ``resize`` (to the first's size).
+
+    Mixed gray/colour sources are all converted to colour, with a notice.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"fusion needs at least 2 source images, got {len(paths)}")
+    images = [read_image(p, channels) for p in paths]
+    sizes = [tuple(im.shape[-2:]) for im in images]
+    if len(set(sizes)) > 1:
+        if not resize:
+            listing = ", ".join(f"{Path(p).name}: {h}x{w}" for p, (h, w) in zip(paths, sizes))
+            raise ImageError(f"source images differ in size ({listing}); align/crop them, or opt in to resize=true")
+        h, w = sizes[0]
+        log.warning("resizing sources to %dx%d (the size of %s)", h, w, Path(paths[0]).name)
+        images = [im if im.shape[-2:] == (h, w) else F.interpolate(im[None], (h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(-1, 1) for im in images]
+    chans = {im.shape[0] for im in images}
+    if len(chans) > 1:
+        log.warning("mixing gray and colour sources: converting the gray ones to colour")
+        images = [to_channels(im, 3) for im in images]
+    return torch.stack(images)
+
+
+class PairedAugment:
+    """The same random crop, flips and 90-degree rotation for every image of a sample."""
+
+    def __init__(self, crop_size: int | None = None, flip: bool = True, rotate: bool = True) -> None:
+        self.crop_size, self.flip, self.rotate = crop_size, flip, rotate
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """``images`` [K, C, H, W] (sources and target stacked) -> augmented [K, C, h, w]."""
+        images = random_crop(images, self.crop_size, gen)
+        if self.flip and torch.rand((), generator=gen) < 0.5:
+            images = images.flip(-1)
+        if self.flip and torch.rand((), generator=gen) < 0.5:
+            images = images.flip(-2)
+        if self.rotate:
+            images = torch.rot90(images, int(torch.randint(0, 4, (), generator=gen)), dims=(-2, -1))
+        return images
+
+
+def random_crop(images: torch.Tensor, size: int | None, gen: torch.Generator | None) -> torch.Tensor:
+    """Random (or, without a generator, centre) square crop; images smaller than ``size`` are reflect-padded."""
+    if size is None:
+        return images
+    h, w = images.shape[-2:]
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        images = F.pad(images, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+        h, w = images.shape[-2:]
+    if gen is None:
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        top = int(torch.randint(0, h - size + 1, (), generator=gen))
+        left = int(torch.randint(0, w - size + 1, (), generator=gen))
+    return images[..., top : top + size, left : left + size]
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    return gen
+
+
+class PairedFolderDataset(Dataset):
+    """Source images (and ground truth, if present) matched by name in a folder; see :mod:`pairing`.
+
+    Args:
+        root: dataset folder.
+        channels: 3 (colour; gray files are replicated), 1 (gray) or None (as stored).
+        crop_size: random square crop for training (None: full images).
+        augment: random flips and rotations (and random rather than centre crops).
+        require_target: fail if any sample lacks ground truth (training does).
+        seed: base seed for deterministic augmentation (None: from torch's global RNG).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        channels: int | None = 3,
+        crop_size: int | None = None,
+        augment: bool = False,
+        require_target: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        _check_channels_arg(channels)
+        self.root = Path(root)
+        self.samples: list[Sample] = find_samples(self.root, require_target=require_target)
+        self.channels, self.crop_size, self.augment, self.seed = channels, crop_size, augment, seed
+        self._aug = PairedAugment(crop_size, flip=augment, rotate=augment)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        sources = load_sources(sample.sources, self.channels)
+        stack = sources
+        if sample.target is not None:
+            target = read_image(sample.target, self.channels)
+            if target.shape != sources.shape[1:]:
+                raise ImageError(f"{sample.target}: ground truth is {tuple(target.shape)}, sources are {tuple(sources.shape[1:])}")
+            stack = torch.cat([sources, target[None]])
+        if self.augment:
+            stack = self._aug(stack, _generator(None if self.seed is None else self.seed * 100003 + index))
+        else:
+            stack = random_crop(stack, self.crop_size, None)
+        n = len(sample.sources)
+        item = {"sources": stack[:n].contiguous(), "name": sample.name}
+        if sample.target is not None:
+            item["target"] = stack[n].contiguous()
+        return item
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
+    """scikit-image's bundled photos as RGB tensors [3, H, W] in [-1, 1]."""
+    import skimage.data
+
+    photos = []
+    for name in names:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            raise ValueError(f"scikit-image has no bundled photo {name!r}")
+        img = loader()
+        if isinstance(img, tuple):  # stereo pairs
+            img = img[0]
+        img = np.asarray(img)
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        t = torch.from_numpy(np.ascontiguousarray(img[:, :, :3])).permute(2, 0, 1).float() / 255.0
+        photos.append(t * 2 - 1)
+    return photos
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k2 = k[:, None] * k[None, :]
+    return k2 / k2.sum()
+
+
+def disk_kernel(radius: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(radius)))
+    y, x = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing="ij")
+    # soft edge: anti-aliased disk
+    k = (radius + 0.5 - torch.sqrt(x**2 + y**2)).clamp(0, 1)
+    return k / k.sum()
+
+
+def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Blur [C, H, W] with a 2-D kernel, reflect borders."""
+    c = image.shape[0]
+    pad = kernel.shape[-1] // 2
+    x = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")
+    return F.conv2d(x, kernel.expand(c, 1, *kernel.shape).to(image.dtype), groups=c)[0]
+
+
+def focus_mask(h: int, w: int, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """A smooth mask in [0, 1] of shape [1, H, W]: 1 where source A is in focus."""
+    def rand() -> float:
+        return float(torch.rand((), generator=gen))
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    softness = 0.02 + 0.15 * rand()
+    if kind == "half_plane":
+        angle = 2 * math.pi * rand()
+        offset = 0.6 * (rand() - 0.5)
+        d = xx * math.cos(angle) + yy * math.sin(angle) - offset
+        mask = torch.sigmoid(d / softness)
+    elif kind == "ramp":  # depth-like: focus changes gradually along a direction
+        angle = 2 * math.pi * rand()
+        d = xx * math.cos(angle) + yy * math.sin(angle)
+        mask = torch.sigmoid(d / (0.3 + 0.5 * rand()))
+    elif kind == "blobs":
+        field = torch.zeros(h, w)
+        for _ in range(1 + int(3 * rand())):
+            cy, cx = 2 * rand() - 1, 2 * rand() - 1
+            ry, rx = 0.2 + 0.5 * rand(), 0.2 + 0.5 * rand()
+            field = torch.maximum(field, 1 - ((yy - cy) / ry) ** 2 - ((xx - cx) / rx) ** 2)
+        mask = torch.sigmoid(field / (4 * softness))
+        if rand() < 0.5:
+            mask = 1 - mask
+    else:
+        raise ValueError(f"unknown mask kind {kind!r}; valid: {', '.join(MASK_KINDS)}")
+    return mask[None]
+
+
+MASK_KINDS = ("blobs", "half_plane", "ramp")
+
+
+def make_multifocus_triplet(
+    sharp: torch.Tensor,
+    gen: torch.Generator,
+    max_sigma: float = 4.0,
+    mask_kinds: Sequence[str] = MASK_KINDS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From a sharp [C, H, W] image, complementary sources [2, C, H, W] and the focus mask [1, H, W].
+
+    Source A is sharp where the mask is 1 and blurred elsewhere; B the opposite. The blur is a
+    Gaussian (sigma in [0.8, max_sigma]) or a disk of similar radius, chosen at random.
+    """
+    h, w = sharp.shape[-2:]
+    kind = mask_kinds[int(torch.randint(0, len(mask_kinds), (), generator=gen))]
+    mask = focus_mask(h, w, kind, gen)
+    strength = 0.8 + (max_sigma - 0.8) * float(torch.rand((), generator=gen))
+    kernel = gaussian_kernel(strength) if torch.rand((), generator=gen) < 0.5 else disk_kernel(1.5 * strength)
+    blurred = blur(sharp, kernel)
+    a = mask * sharp + (1 - mask) * blurred
+    b = (1 - mask) * sharp + mask * blurred
+    return torch.stack([a, b]), mask
+
+
+class SyntheticMultiFocus(Dataset):
+    """Multi-focus triplets made on the fly from sharp photos (default: scikit-image's bundled ones).
+
+    Each item crops a random patch (random scale in ``scale_range``), draws a smooth focus mask
+    (blobs, half-planes, depth-like ramps) and blurs complementary regions of two copies.
+    With ``deterministic=True`` item ``i`` is always the same (validation, tests); otherwise
+    every access draws a new sample (training), seeded through torch's RNG so that
+    ``seed_everything`` makes runs repeatable.
+
+    Args:
+        photos: names of scikit-image photos, or None for the default training set.
+        folder: a folder of sharp photos to use instead.
+        num_samples: length of the dataset (an epoch).
+        crop_size: side of the square patches.
+        channels: 3 or 1.
+        max_sigma: strongest blur.
+        deterministic: fixed sample per index.
+        seed: base seed for deterministic samples.
+    """
+
+    def __init__(
+        self,
+        photos: Sequence[str] | None = None,
+        folder: str | Path | None = None,
+        num_samples: int = 1000,
+        crop_size: int = 64,
+        channels: int = 3,
+        max_sigma: float = 4.0,
+        scale_range: tuple[float, float] = (0.35, 1.0),
+        deterministic: bool = False,
+        seed: int = 0,
+    ) -> None:
+        _check_channels_arg(channels, allow_none=False)
+        if folder is not None:
+            files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
+            if not files:
+                raise ValueError(f"no images in {folder}")
+            self.photos = [read_image(f, 3) for f in files]
+        else:
+            self.photos = skimage_photos(SKIMAGE_TRAIN_PHOTOS if photos is None else photos)
+        self.num_samples, self.crop_size, self.channels = num_samples, crop_size, channels
+        self.max_sigma, self.scale_range = max_sigma, tuple(scale_range)
+        self.deterministic, self.seed = deterministic, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        gen = _generator(self.seed * 1_000_003 + index if self.deterministic else None)
+        photo = self.photos[int(torch.randint(0, len(self.photos), (), generator=gen))]
+        lo, hi = self.scale_range
+        scale = lo + (hi - lo) * float(torch.rand((), generator=gen))
+        h, w = photo.shape[-2:]
+        side = max(self.crop_size, int(min(h, w) * scale))
+        patch = random_crop(photo, side, gen)
+        if side != self.crop_size:
+            patch = F.interpolate(patch[None], (self.crop_size, self.crop_size), mode="area")[0]
+        if torch.rand((), generator=gen) < 0.5:
+            patch = patch.flip(-1)
+        patch = to_channels(patch, self.channels)
+        sources, _ = make_multifocus_triplet(patch, gen, self.max_sigma)
+        return {"sources": sources.clamp(-1, 1), "target": patch.clamp(-1, 1), "name": f"synthetic_{index:06d}"}

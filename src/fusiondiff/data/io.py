@@ -1,0 +1,139 @@
+"""Image reading and writing with explicit checks.
+
+Tensors are float32 [C, H, W] in [-1, 1]; C is 1 (gray) or 3 (RGB). Reading keeps the full
+precision of 16-bit files (scaled by 65535, never truncated to 8 bits). Writing is atomic:
+a temporary file in the target folder is renamed into place, so a failure never leaves a
+half-written image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used, with the reason and the fix in the message."""
+
+
+def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Tensor:
+    """Read an 8- or 16-bit gray/RGB image as float32 [C, H, W] in [-1, 1].
+
+    ``channels=3`` turns gray into RGB (replicated); ``channels=1`` turns RGB into gray
+    (ITU-R BT.601 luma). An alpha channel is dropped if fully opaque; otherwise it is an error,
+    because dropping it would change the picture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)  # handles any file name, spaces and brackets included
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ImageError(f"cannot decode {path}: not an image file or corrupt (supported: {', '.join(IMAGE_EXTENSIONS)})")
+    if img.dtype == np.uint8:
+        scale = 255.0
+    elif img.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        raise ImageError(
+            f"{path} has sample type {img.dtype}; only 8- and 16-bit integer images are read here "
+            "(convert floating-point/HDR data with the HDR tools)"
+        )
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.shape[2] == 4:
+        alpha = img[:, :, 3]
+        if alpha.min() < (255 if scale == 255.0 else 65535):
+            raise ImageError(
+                f"{path} has a transparent alpha channel; flatten it onto a background first "
+                "(e.g. PIL: Image.alpha_composite, or ImageMagick: -background white -flatten)"
+            )
+        log.info("%s: dropping its fully opaque alpha channel", path)
+        img = img[:, :, :3]
+    elif img.shape[2] == 2:  # gray + alpha
+        if img[:, :, 1].min() < (255 if scale == 255.0 else 65535):
+            raise ImageError(f"{path} has a transparent alpha channel; flatten it onto a background first")
+        img = img[:, :, :1]
+    if img.shape[2] == 3:
+        img = img[:, :, ::-1]  # OpenCV's BGR -> RGB
+    tensor = torch.from_numpy(np.ascontiguousarray(img).astype(np.float32) / scale).permute(2, 0, 1)
+    return to_channels(tensor * 2.0 - 1.0, channels, name=str(path))
+
+
+def to_channels(image: torch.Tensor, channels: int | None, name: str = "image") -> torch.Tensor:
+    """Convert [C, H, W] (or [B, C, H, W]) between gray and RGB; ``None`` keeps it as is."""
+    c = image.shape[-3]
+    if channels is None or c == channels:
+        return image
+    if channels == 3 and c == 1:
+        return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).clone()
+    if channels == 1 and c == 3:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).reshape(3, 1, 1)
+        return (image * weights).sum(dim=-3, keepdim=True)
+    raise ImageError(f"{name} has {c} channels; cannot convert to {channels}")
+
+
+def check_image_tensor(image: torch.Tensor, name: str = "image") -> None:
+    """Raise a clear error for NaN/Inf or values outside [-1, 1] (small rounding slack allowed)."""
+    if not torch.isfinite(image).all():
+        raise ImageError(f"{name} contains NaN or Inf values")
+    lo, hi = image.min().item(), image.max().item()
+    if lo < -1.001 or hi > 1.001:
+        raise ImageError(f"{name} has values in [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (map 0..1 images with x*2-1)")
+
+
+def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_image(path: str | os.PathLike, image: torch.Tensor, bit_depth: int = 8) -> Path:
+    """Write [C, H, W] in [-1, 1] as an 8- or 16-bit image (format from the suffix; PNG for 16-bit)."""
+    path = Path(path)
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if image.dim() != 3 or image.shape[0] not in (1, 3):
+        raise ImageError(f"expected a [C, H, W] tensor with C in (1, 3), got shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise ImageError(f"refusing to write {path}: the image contains NaN or Inf")
+    suffix = path.suffix.lower()
+    if bit_depth == 16 and suffix not in (".png", ".tif", ".tiff"):
+        raise ValueError(f"16-bit output needs .png or .tif, not {suffix!r}")
+    scale = 255.0 if bit_depth == 8 else 65535.0
+    arr = ((image.detach().float().cpu().clamp(-1, 1) + 1) / 2 * scale).round().permute(1, 2, 0).numpy()
+    arr = arr.astype(np.uint8 if bit_depth == 8 else np.uint16)
+    if arr.shape[2] == 3:
+        arr = arr[:, :, ::-1]
+    ok, encoded = cv2.imencode(suffix or ".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise ImageError(f"OpenCV cannot encode {suffix!r} images; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    return atomic_write_bytes(path, encoded.tobytes())
+
+
+def _check_channels_arg(channels: int | None, allow_none: bool = True) -> None:
+    valid = (1, 3, None) if allow_none else (1, 3)
+    if channels not in valid:
+        raise ValueError(f"channels must be one of {valid}, got {channels!r}")

@@ -1,0 +1,27 @@
+"""Diffusion core: schedules, samplers and tiling over a ``denoiser(x_t, t, cond)`` callable.
+
+Importable without Lightning.
+"""
+
+from fusiondiff.diffusion.samplers import (
+    SAMPLERS,
+    ddim_sample,
+    fusiondiff_sample,
+    get_sampler,
+    respace_timesteps,
+)
+from fusiondiff.diffusion.schedules import NoiseSchedule, cosine_betas, linear_betas, make_schedule
+from fusiondiff.diffusion.tiling import tiled_denoiser
+
+__all__ = [
+    "SAMPLERS",
+    "NoiseSchedule",
+    "cosine_betas",
+    "ddim_sample",
+    "fusiondiff_sample",
+    "get_sampler",
+    "linear_betas",
+    "make_schedule",
+    "respace_timesteps",
+    "tiled_denoiser",
+]

@@ -1,0 +1,104 @@
+"""train.py on shrunk real configs: fast_dev_run, folders, resume, loggers, export -> infer."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from helpers import SYNTHETIC_TINY, TINY, compose_config
+from fusiondiff.cli.infer import infer
+from fusiondiff.cli.train import train
+from fusiondiff.data import read_image
+
+
+def test_fast_dev_run_quickstart(tmp_path):
+    cfg = compose_config("train", ["experiment=quickstart", "debug=fdr", *TINY, *SYNTHETIC_TINY], tmp_path)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 1
+    assert "train/loss" in metrics and "val/ssim" in metrics and "val/psnr" in metrics
+
+
+def test_fast_dev_run_on_fusiondiff_folder(tmp_path, fusiondiff_folder):
+    overrides = ["experiment=fusiondiff_nyud100", "debug=fdr", *TINY, f"data.train.root={fusiondiff_folder}",
+                 "data.train.crop_size=16", "data.num_workers=0"]
+    metrics, objects = train(compose_config("train", overrides, tmp_path))
+    assert objects["trainer"].global_step == 1 and "val/psnr" in metrics
+
+
+def test_short_run_writes_checkpoints_preview_and_bundle(tmp_path):
+    cfg = compose_config("train", [*TINY, *SYNTHETIC_TINY], tmp_path)
+    metrics, objects = train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert list((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert list(tmp_path.glob("csv/version_*/previews/*.png")), "validation image grid not written"
+    assert objects["bundle"] is not None and Path(objects["bundle"]).is_file()
+    csv = next(tmp_path.glob("csv/version_*/metrics.csv")).read_text()
+    assert "train/loss" in csv and "val/ssim" in csv
+
+
+def test_resume_continues_step_and_optimizer_state(tmp_path):
+    first = compose_config("train", [*TINY, *SYNTHETIC_TINY, "trainer.max_steps=2"], tmp_path / "a")
+    _, objs = train(first)
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["global_step"] == 2
+    exp_avg_before = saved["optimizer_states"][0]["state"][0]["exp_avg"].clone()
+
+    second = compose_config("train", [*TINY, *SYNTHETIC_TINY, "trainer.max_steps=4", f"ckpt_path={ckpt}"], tmp_path / "b")
+    _, objs = train(second)
+    trainer = objs["trainer"]
+    assert trainer.global_step == 4
+    opt = trainer.optimizers[0]
+    state = opt.state[next(iter(opt.state))]
+    assert int(state["step"]) == 4  # AdamW's step count carried over: 2 resumed + 2 new
+    assert not torch.equal(state["exp_avg"], exp_avg_before)
+    ema_steps = objs["module"].ema.n_averaged.item()
+    assert ema_steps == 4
+
+
+def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cfg = compose_config("train", [*TINY, *SYNTHETIC_TINY, "logger=wandb", "export=false"], tmp_path)
+    train(cfg)
+    import os
+
+    assert os.environ.get("WANDB_MODE") == "offline"
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+
+
+def test_export_then_infer_round_trip(tmp_path, lytro_folder):
+    cfg = compose_config("train", [*TINY, *SYNTHETIC_TINY], tmp_path / "run")
+    _, objects = train(cfg)
+    bundle = objects["bundle"]
+    assert bundle.stat().st_size < 1_000_000
+    a = lytro_folder / "source_1" / "lytro-01-A.png"
+    b = lytro_folder / "source_2" / "lytro-01-B.png"
+    outputs = {}
+    for model in (bundle, tmp_path / "run" / "checkpoints" / "last.ckpt"):
+        icfg = compose_config("infer", [f"ckpt={model}", f"inputs=[{a},{b}]", f"output={tmp_path / (model.suffix[1:] + '.png')}",
+                                        "sampler.steps=3", "device=cpu"])
+        (out,) = infer(icfg)
+        outputs[model.suffix] = read_image(out)
+    assert outputs[".safetensors"].shape == (3, 37, 45)  # the input's odd size
+    # the bundle holds the checkpoint's EMA weights: same result either way
+    torch.testing.assert_close(outputs[".safetensors"], outputs[".ckpt"], atol=2 / 255, rtol=0)
+
+    icfg = compose_config("infer", [f"ckpt={bundle}", f"input_dir={lytro_folder}", f"output_dir={tmp_path / 'all'}",
+                                    "sampler=fusiondiff", "sampler.steps=2", "tile_size=24", "tile_overlap=8", "bit_depth=16"])
+    written = infer(icfg)
+    assert sorted(p.name for p in written) == ["lytro-01.png", "lytro-02.png", "lytro-03.png"]
+    assert read_image(written[0]).shape == (3, 37, 45)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    cfg = compose_config("train", [*TINY, *SYNTHETIC_TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                   "+trainer.strategy.process_group_backend=gloo", "export=false"], tmp_path)
+    with open_dict(cfg):
+        cfg.trainer.strategy = {"_target_": "lightning.pytorch.strategies.DDPStrategy", "process_group_backend": "gloo",
+                                "start_method": "popen"}
+    _, objects = train(cfg)
+    assert objects["trainer"].world_size == 2 and objects["trainer"].global_step == 2

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from fusiondiff.models import ConditionalUNet
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (17, 23), (33, 18)])
+@pytest.mark.parametrize("n_sources", [2, 3])
+def test_output_shape_any_size_and_sources(hw, n_sources):
+    net = ConditionalUNet(image_channels=3, num_sources=n_sources, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                          attention_levels=[2])
+    x = torch.randn(2, 3, *hw)
+    out = net(x, torch.tensor([0, 999]), torch.randn(2, n_sources, 3, *hw))
+    assert out.shape == x.shape
+
+
+def test_gray_and_flat_condition():
+    net = ConditionalUNet(image_channels=1, num_sources=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    x = torch.randn(1, 1, 20, 21)
+    assert net(x, torch.tensor([5]), torch.randn(1, 2, 20, 21)).shape == x.shape
+
+
+def test_conditioning_changes_the_output():
+    torch.manual_seed(0)
+    net = ConditionalUNet(image_channels=1, num_sources=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    for p in net.parameters():  # the zero-initialised output layer would hide any dependence
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([10])
+    assert not torch.allclose(net(x, t, torch.zeros(1, 2, 1, 16, 16)), net(x, t, torch.ones(1, 2, 1, 16, 16)))
+
+
+def test_fusiondiff_size():
+    net = ConditionalUNet(image_channels=3, num_sources=2, base_channels=64, channel_mult=(1, 2, 4, 8), num_res_blocks=2)
+    n = sum(p.numel() for p in net.parameters())
+    assert 25e6 < n < 32e6
+
+
+def test_clear_errors():
+    net = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1)
+    with pytest.raises(ValueError, match="smaller than this network's minimum of 8"):
+        net(torch.randn(1, 3, 7, 30), torch.tensor([0]), torch.randn(1, 2, 3, 7, 30))
+    with pytest.raises(ValueError, match="expected"):
+        net(torch.randn(1, 3, 16, 16), torch.tensor([0]), torch.randn(1, 3, 3, 16, 16))
+    with pytest.raises(ValueError, match="needs 2 source"):
+        net(torch.randn(1, 3, 16, 16), torch.tensor([0]))
+    with pytest.raises(ValueError, match="attention_levels"):
+        ConditionalUNet(channel_mult=(1, 2), attention_levels=[5])
