@@ -30,7 +30,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
-    data = SyntheticMultiFocus(photos=SKIMAGE_HELDOUT_PHOTOS, num_samples=args.num, crop_size=args.size, deterministic=True, seed=args.seed)
+    data = SyntheticMultiFocus(
+        photos=SKIMAGE_HELDOUT_PHOTOS, num_samples=args.num, crop_size=args.size, deterministic=True, seed=args.seed
+    )
     batch = [data[i] for i in range(len(data))]
     sources = torch.stack([b["sources"] for b in batch])
     target = torch.stack([b["target"] for b in batch])
@@ -39,7 +41,9 @@ def main() -> None:
     rows = [("averaging", sources.mean(1), 0.0)]
     for steps in args.steps:
         start = time.perf_counter()
-        fused = torch.cat([pipe(sources[i : i + 8], sampler=args.sampler, steps=steps, seed=args.seed) for i in range(0, len(batch), 8)])
+        fused = torch.cat(
+            [pipe(sources[i : i + 8], sampler=args.sampler, steps=steps, seed=args.seed) for i in range(0, len(batch), 8)]
+        )
         rows.append((f"fusiondiff {args.sampler} {steps} steps", fused, (time.perf_counter() - start) / len(batch)))
 
     print(f"{args.num} held-out synthetic pairs, {args.size}x{args.size} px, photos {', '.join(SKIMAGE_HELDOUT_PHOTOS)}\n")

@@ -1,15 +1,14 @@
 """Every config group option composes and instantiates; unknown names give helpful errors."""
 
-from pathlib import Path
-
 import lightning as L
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from helpers import CONF, SYNTHETIC_TINY, compose_config
 from fusiondiff.diffusion import NoiseSchedule, get_sampler
 from fusiondiff.models import ConditionalUNet
+
+from helpers import CONF, SYNTHETIC_TINY, compose_config
 
 
 def options(group: str) -> list[str]:
@@ -18,7 +17,7 @@ def options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("model", options("model"))
 def test_models_instantiate(model, tmp_path):
-    cfg = compose_config("train", [f"ckpt={model}"], tmp_path)
+    cfg = compose_config("train", [f"model={model}"], tmp_path)
     assert isinstance(instantiate(cfg.model), ConditionalUNet)
 
 
@@ -59,7 +58,9 @@ def test_callbacks_and_data_instantiate(tmp_path, fusiondiff_folder):
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["sources"].shape == (8, 2, 3, 16, 16)  # 8 samples < batch 16
-    cfg = compose_config("train", ["data=paired_folder", f"data.train.root={fusiondiff_folder}", "data.train.crop_size=16"], tmp_path)
+    cfg = compose_config(
+        "train", ["data=paired_folder", f"data.train.root={fusiondiff_folder}", "data.train.crop_size=16"], tmp_path
+    )
     dm = instantiate(cfg.data)
     dm.setup("fit")
     assert len(dm.train_set) == 3 and len(dm.val_set) == 1

@@ -2,9 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_png, synthetic_triplet
-from fusiondiff.data import ImageError, PairedFolderDataset, SyntheticMultiFocus, find_samples, load_sources, read_image, write_image
+from fusiondiff.data import (
+    ImageError,
+    PairedFolderDataset,
+    SyntheticMultiFocus,
+    find_samples,
+    load_sources,
+    read_image,
+    write_image,
+)
 from fusiondiff.data.datasets import PairedAugment
+
+from conftest import save_png, synthetic_triplet
 
 
 def test_fusiondiff_layout_pairs_by_name(fusiondiff_folder):
@@ -102,7 +111,7 @@ def test_read_image_bad_inputs(tmp_path):
 
 
 def test_sixteen_bit_keeps_precision(tmp_path):
-    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7)
+    ramp = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7
     save_png(tmp_path / "deep.png", ramp)
     img = read_image(tmp_path / "deep.png", channels=1)
     expected = torch.from_numpy(ramp.astype(np.float32) / 65535 * 2 - 1)

@@ -97,7 +97,9 @@ def test_ddim_eta_is_seeded_and_stochastic():
     sched = make_schedule("linear", 100)
     ts = respace_timesteps(100, 10)
     x_T = torch.ones(1, 1, 4, 4)
-    run = lambda seed, eta: ddim_sample(scaled_denoiser, sched, None, ts, x_T=x_T, eta=eta, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    run = lambda seed, eta: ddim_sample(
+        scaled_denoiser, sched, None, ts, x_T=x_T, eta=eta, generator=torch.Generator().manual_seed(seed)
+    )  # noqa: E731
     torch.testing.assert_close(run(1, 1.0), run(1, 1.0), rtol=0, atol=0)
     assert not torch.equal(run(1, 1.0), run(2, 1.0))
     torch.testing.assert_close(run(1, 0.0), run(2, 0.0), rtol=0, atol=0)  # η = 0: noise unused
@@ -107,8 +109,14 @@ def test_clipping_and_callback():
     sched = make_schedule("linear", 100)
     calls = []
     x_T = torch.full((1, 1, 2, 2), 5.0)
-    out = ddim_sample(lambda x, t, c: torch.zeros_like(x), sched, None, respace_timesteps(100, 4), x_T=x_T,
-                      callback=lambda i, t, x, x0: calls.append((i, t, float(x0.max()))))
+    out = ddim_sample(
+        lambda x, t, c: torch.zeros_like(x),
+        sched,
+        None,
+        respace_timesteps(100, 4),
+        x_T=x_T,
+        callback=lambda i, t, x, x0: calls.append((i, t, float(x0.max()))),
+    )
     assert [c[0] for c in calls] == [0, 1, 2, 3]
     assert all(c[2] <= 1.0 for c in calls) and out.max() <= 1.0
 

@@ -7,8 +7,9 @@ from fusiondiff.models import ConditionalUNet
 @pytest.mark.parametrize("hw", [(16, 16), (17, 23), (33, 18)])
 @pytest.mark.parametrize("n_sources", [2, 3])
 def test_output_shape_any_size_and_sources(hw, n_sources):
-    net = ConditionalUNet(image_channels=3, num_sources=n_sources, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
-                          attention_levels=[2])
+    net = ConditionalUNet(
+        image_channels=3, num_sources=n_sources, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=[2]
+    )
     x = torch.randn(2, 3, *hw)
     out = net(x, torch.tensor([0, 999]), torch.randn(2, n_sources, 3, *hw))
     assert out.shape == x.shape

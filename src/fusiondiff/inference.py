@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusiondiff.diffusion import NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
+from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
 from fusiondiff.diffusion.samplers import SPACINGS
 
 BUNDLE_FORMAT = 1
@@ -142,13 +142,15 @@ class FusionPipeline:
             raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
         sample_fn = get_sampler(sampler)
         sources = sources.to(self.device, torch.float32)
-        denoiser: Callable[..., torch.Tensor] = self.net
+        denoiser: Callable[..., torch.Tensor] = EpsDenoiser(self.net, self.schedule, self.config.get("prediction", "eps"))
         if tile_size is not None and max(sources.shape[-2:]) > tile_size:
             if tile_overlap >= tile_size:
                 raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
-            denoiser = tiled_denoiser(self.net, tile_size, tile_size - tile_overlap, batch=tile_batch)
+            denoiser = tiled_denoiser(denoiser, tile_size, tile_size - tile_overlap, batch=tile_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         ts = respace_timesteps(self.schedule.num_timesteps, steps, spacing)
-        fused = sample_fn(denoiser, self.schedule, sources, ts, generator=gen, clip_x0=clip_x0, callback=callback, **sampler_options)
+        fused = sample_fn(
+            denoiser, self.schedule, sources, ts, generator=gen, clip_x0=clip_x0, callback=callback, **sampler_options
+        )
         fused = fused.clamp(-1, 1)
         return fused[0] if unbatched else fused

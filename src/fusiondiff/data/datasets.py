@@ -26,9 +26,7 @@ SKIMAGE_TRAIN_PHOTOS = (
 SKIMAGE_HELDOUT_PHOTOS = ("coffee", "rocket")
 
 
-def load_sources(
-    paths: Sequence[str | Path], channels: int | None = None, resize: bool = False
-) -> torch.Tensor:
+def load_sources(paths: Sequence[str | Path], channels: int | None = None, resize: bool = False) -> torch.Tensor:
     """Read N source images as [N, C, H, W]; sizes must agree unless ``resize`` (to the first's size).
 
     Mixed gray/colour sources are all converted to colour, with a notice.
@@ -39,11 +37,16 @@ def load_sources(
     sizes = [tuple(im.shape[-2:]) for im in images]
     if len(set(sizes)) > 1:
         if not resize:
-            listing = ", ".join(f"{Path(p).name}: {h}x{w}" for p, (h, w) in zip(paths, sizes))
+            listing = ", ".join(f"{Path(p).name}: {h}x{w}" for p, (h, w) in zip(paths, sizes, strict=True))
             raise ImageError(f"source images differ in size ({listing}); align/crop them, or opt in to resize=true")
         h, w = sizes[0]
         log.warning("resizing sources to %dx%d (the size of %s)", h, w, Path(paths[0]).name)
-        images = [im if im.shape[-2:] == (h, w) else F.interpolate(im[None], (h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(-1, 1) for im in images]
+        images = [
+            im
+            if im.shape[-2:] == (h, w)
+            else F.interpolate(im[None], (h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(-1, 1)
+            for im in images
+        ]
     chans = {im.shape[0] for im in images}
     if len(chans) > 1:
         log.warning("mixing gray and colour sources: converting the gray ones to colour")
@@ -129,7 +132,9 @@ class PairedFolderDataset(Dataset):
         if sample.target is not None:
             target = read_image(sample.target, self.channels)
             if target.shape != sources.shape[1:]:
-                raise ImageError(f"{sample.target}: ground truth is {tuple(target.shape)}, sources are {tuple(sources.shape[1:])}")
+                raise ImageError(
+                    f"{sample.target}: ground truth is {tuple(target.shape)}, sources are {tuple(sources.shape[1:])}"
+                )
             stack = torch.cat([sources, target[None]])
         if self.augment:
             stack = self._aug(stack, _generator(None if self.seed is None else self.seed * 100003 + index))
@@ -193,6 +198,7 @@ def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 def focus_mask(h: int, w: int, kind: str, gen: torch.Generator) -> torch.Tensor:
     """A smooth mask in [0, 1] of shape [1, H, W]: 1 where source A is in focus."""
+
     def rand() -> float:
         return float(torch.rand((), generator=gen))
 
@@ -280,7 +286,9 @@ class SyntheticMultiFocus(Dataset):
     ) -> None:
         _check_channels_arg(channels, allow_none=False)
         if folder is not None:
-            files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
+            files = sorted(
+                p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+            )
             if not files:
                 raise ValueError(f"no images in {folder}")
             self.photos = [read_image(f, 3) for f in files]

@@ -33,7 +33,9 @@ class Sample:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def _strip(stem: str, letter: str) -> str:
@@ -95,7 +97,7 @@ def _folder_layout(root: Path, source_dirs: list[Path]) -> list[Sample]:
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(d.name for d in source_dirs)}")
     problems = []
     for name in names:
-        absent = [d.name for d, idx in zip(source_dirs, indices) if name not in idx]
+        absent = [d.name for d, idx in zip(source_dirs, indices, strict=True) if name not in idx]
         if absent:
             problems.append(f"{name!r}: nothing in {', '.join(absent)}")
     if gt_index is not None:
@@ -104,10 +106,7 @@ def _folder_layout(root: Path, source_dirs: list[Path]) -> list[Sample]:
                 problems.append(f"{name!r}: nothing in {gt_dir.name}/")
     if problems:
         raise _missing_error(root, problems)
-    return [
-        Sample(name, tuple(idx[name] for idx in indices), gt_index[name] if gt_index is not None else None)
-        for name in names
-    ]
+    return [Sample(name, tuple(idx[name] for idx in indices), gt_index[name] if gt_index is not None else None) for name in names]
 
 
 def _per_sample_layout(root: Path) -> list[Sample]:

@@ -3,6 +3,7 @@
 Importable without Lightning.
 """
 
+from fusiondiff.diffusion.parameterization import PREDICTIONS, EpsDenoiser, training_target
 from fusiondiff.diffusion.samplers import (
     SAMPLERS,
     ddim_sample,
@@ -14,6 +15,9 @@ from fusiondiff.diffusion.schedules import NoiseSchedule, cosine_betas, linear_b
 from fusiondiff.diffusion.tiling import tiled_denoiser
 
 __all__ = [
+    "PREDICTIONS",
+    "EpsDenoiser",
+    "training_target",
     "SAMPLERS",
     "NoiseSchedule",
     "cosine_betas",

@@ -31,9 +31,7 @@ class Denoiser(Protocol):
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
-def respace_timesteps(
-    num_timesteps: int, steps: int | None = None, spacing: str = "uniform"
-) -> torch.Tensor:
+def respace_timesteps(num_timesteps: int, steps: int | None = None, spacing: str = "uniform") -> torch.Tensor:
     """A descending subset of ``0..T-1`` with ``steps`` entries, always starting at T-1 and ending at 0.
 
     ``uniform`` spaces the steps evenly; ``quadratic`` (DDIM paper, App. D.2) puts more of
@@ -103,7 +101,7 @@ def _check_timesteps(schedule: NoiseSchedule, timesteps: Sequence[int] | torch.T
     ts = [int(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
     if not ts:
         raise ValueError("timesteps is empty")
-    if any(a <= b for a, b in zip(ts, ts[1:])):
+    if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
         raise ValueError("timesteps must be strictly decreasing (use respace_timesteps)")
     if ts[0] >= schedule.num_timesteps or ts[-1] < 0:
         raise ValueError(f"timesteps must lie in 0..{schedule.num_timesteps - 1}")
@@ -139,7 +137,9 @@ def ddim_sample(
         x_next = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
             noise = torch.randn(
-                x.shape, generator=generator, device=generator.device if generator else x.device,
+                x.shape,
+                generator=generator,
+                device=generator.device if generator else x.device,
                 dtype=x.dtype,
             ).to(x.device)
             x_next = x_next + sigma * noise

@@ -9,6 +9,7 @@ dtype and device of the tensor they act on.
 from __future__ import annotations
 
 import math
+
 import torch
 
 SCHEDULES = ("cosine", "linear")
@@ -24,9 +25,7 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return torch.tensor(betas, dtype=torch.float64)
 
 
-def linear_betas(
-    num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None
-) -> torch.Tensor:
+def linear_betas(num_timesteps: int, beta_start: float | None = None, beta_end: float | None = None) -> torch.Tensor:
     """Linear schedule of Ho et al. 2020, rescaled so any T spans the same noise range as T=1000.
 
     Betas are capped at 0.999 (only reached for T < 50).

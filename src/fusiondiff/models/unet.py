@@ -115,25 +115,37 @@ class ConditionalUNet(nn.Module):
         self.down = nn.ModuleList()
         for level in range(len(channel_mult)):
             w_in, w_out = widths[level], widths[level + 1]
-            blocks = [self._block(w_in if k == 0 else w_out, w_out, emb_dim, dropout, level in attention_levels) for k in range(num_res_blocks)]
+            blocks = [
+                self._block(w_in if k == 0 else w_out, w_out, emb_dim, dropout, level in attention_levels)
+                for k in range(num_res_blocks)
+            ]
             self.down.append(nn.ModuleList([b for pair in blocks for b in pair]))
             if level < last:
                 self.down.append(nn.Conv2d(w_out, w_out, 3, stride=2, padding=1))
 
         ch = widths[-1]
         self.mid = nn.ModuleList(
-            [ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch) if attention_levels else nn.Identity(), ResBlock(ch, ch, emb_dim, dropout)]
+            [
+                ResBlock(ch, ch, emb_dim, dropout),
+                SelfAttention(ch) if attention_levels else nn.Identity(),
+                ResBlock(ch, ch, emb_dim, dropout),
+            ]
         )
 
         self.up = nn.ModuleList()
         for level in reversed(range(len(channel_mult))):
             w_in, w_out = widths[level], widths[level + 1]
-            blocks = [self._block(2 * w_out if k == 0 else w_in, w_in, emb_dim, dropout, level in attention_levels) for k in range(num_res_blocks)]
+            blocks = [
+                self._block(2 * w_out if k == 0 else w_in, w_in, emb_dim, dropout, level in attention_levels)
+                for k in range(num_res_blocks)
+            ]
             self.up.append(nn.ModuleList([b for pair in blocks for b in pair]))
             if level > 0:
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w_in, w_in, 3, padding=1)))
 
-        self.out = nn.Sequential(nn.GroupNorm(_groups(base_channels), base_channels), nn.SiLU(), nn.Conv2d(base_channels, image_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            nn.GroupNorm(_groups(base_channels), base_channels), nn.SiLU(), nn.Conv2d(base_channels, image_channels, 3, padding=1)
+        )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

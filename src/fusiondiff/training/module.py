@@ -10,14 +10,29 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
-from fusiondiff.diffusion import NoiseSchedule, get_sampler, respace_timesteps
+from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, training_target
+from fusiondiff.diffusion.parameterization import check_prediction
 from fusiondiff.metrics import psnr, ssim
 
 
+class EMAUpdate:
+    """ema <- decay * ema + (1 - decay) * current, for AveragedModel (picklable, unlike a closure)."""
+
+    def __init__(self, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (or 0 to disable EMA), got {decay}")
+        self.decay = decay
+
+    def __call__(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.decay)
+
+
 class DiffusionFusionModule(L.LightningModule):
-    """Trains ``net(x_t, t, sources) -> ε̂`` with MSE against the true ε, t ~ U{0..T-1} (Ho et al. 2020, Alg. 1).
+    """Trains ``net(x_t, t, sources)`` with MSE, t ~ U{0..T-1} (Ho et al. 2020, Alg. 1).
+
+    The target is ε (FusionDiff, the default), x0 or v, set by ``prediction``.
 
     Args:
         net: the ε-network (e.g. :class:`fusiondiff.models.ConditionalUNet`).
@@ -27,6 +42,7 @@ class DiffusionFusionModule(L.LightningModule):
         ema_decay: decay of the exponential moving average of the weights (0 disables EMA);
             the EMA weights are used for validation and export.
         val_sampler, val_steps: sampler name and step count for validation samples (seeded).
+        prediction: what the network predicts: ``eps`` (FusionDiff), ``x0`` or ``v``.
         bundle_config: plain dict describing how to rebuild net and schedule (stored in checkpoints
             so :func:`fusiondiff.training.export.export_bundle` needs nothing else).
     """
@@ -42,19 +58,21 @@ class DiffusionFusionModule(L.LightningModule):
         val_steps: int = 10,
         val_seed: int = 0,
         num_preview: int = 4,
+        prediction: str = "eps",
         bundle_config: dict | None = None,
     ) -> None:
         super().__init__()
         get_sampler(val_sampler)  # fail early on an unknown name
+        self.prediction = check_prediction(prediction)
         self.net = net
         self.schedule = schedule
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay > 0 else None
+        self.ema = AveragedModel(net, multi_avg_fn=EMAUpdate(ema_decay)) if ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
         self.val_sampler, self.val_steps, self.val_seed = val_sampler, val_steps, val_seed
         self.num_preview = num_preview
-        self.bundle_config = bundle_config or {}
+        self.bundle_config = {**(bundle_config or {}), "prediction": prediction}
 
     # ------------------------------------------------------------------ training
     @property
@@ -67,7 +85,7 @@ class DiffusionFusionModule(L.LightningModule):
         t = torch.randint(0, self.schedule.num_timesteps, (target.shape[0],), device=target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
-        return F.mse_loss(self.net(x_t, t, sources), noise)
+        return F.mse_loss(self.net(x_t, t, sources), training_target(self.schedule, self.prediction, target, noise, t))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "target" not in batch:
@@ -93,8 +111,8 @@ class DiffusionFusionModule(L.LightningModule):
         gen = torch.Generator(device=sources.device).manual_seed(self.val_seed if seed is None else seed)
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.val_steps)
         sampler = get_sampler(self.val_sampler)
-        net = self.inference_net
-        return sampler(lambda x, t, c: net(x, t, c), self.schedule, sources, ts, generator=gen)
+        denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction)
+        return sampler(denoiser, self.schedule, sources, ts, generator=gen)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         sources = batch["sources"]

@@ -1,0 +1,64 @@
+"""What the network predicts (ε, x0 or v) and how to turn its output into ε̂ for the samplers.
+
+v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0 (Salimans & Ho 2022, Sec. 4). With ε-prediction x̂0 =
+(x_t - sqrt(1-ᾱ) ε̂)/sqrt(ᾱ) amplifies errors by 1/sqrt(ᾱ), which is ~4e4 at the last step of
+FusionDiff's cosine schedule (ᾱ ≈ 6e-10), so few-step deterministic sampling needs x0- or
+v-prediction there; the conversions below are exact, so the samplers only ever see ε̂.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusiondiff.diffusion.schedules import NoiseSchedule, _gather
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def check_prediction(prediction: str) -> str:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction type {prediction!r}; valid: {', '.join(PREDICTIONS)}")
+    return prediction
+
+
+def training_target(
+    schedule: NoiseSchedule, prediction: str, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The regression target of the network for (x0, ε, t)."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    check_prediction(prediction)
+    ab = _gather(schedule.alphas_cumprod, t, x0)
+    return ab.sqrt() * eps - (1 - ab).sqrt() * x0
+
+
+def eps_from_output(
+    schedule: NoiseSchedule, prediction: str, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """ε̂ from the network output (computed in float64 so the samplers can invert it exactly)."""
+    if prediction == "eps":
+        return out
+    check_prediction(prediction)
+    ab = _gather(schedule.alphas_cumprod, t, x_t.double())
+    x, o = x_t.double(), out.double()
+    if prediction == "x0":
+        eps = (x - ab.sqrt() * o) / (1 - ab).sqrt()
+    else:  # v: ε = sqrt(1-ᾱ) x_t + sqrt(ᾱ) v
+        eps = (1 - ab).sqrt() * x + ab.sqrt() * o
+    return eps.to(out.dtype)
+
+
+class EpsDenoiser(nn.Module):
+    """``denoiser(x_t, t, cond) -> ε̂`` around a network that predicts ε, x0 or v."""
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+        super().__init__()
+        self.net, self.schedule, self.prediction = net, schedule, check_prediction(prediction)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        return eps_from_output(self.schedule, self.prediction, x_t, t, self.net(x_t, t, cond))

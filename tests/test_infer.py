@@ -1,0 +1,99 @@
+"""Inference with a tiny freshly built bundle: odd sizes, tiling, bad inputs, nothing half-written."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fusiondiff.cli.infer import infer
+from fusiondiff.data import ImageError, read_image
+from fusiondiff.inference import FusionPipeline, load_model
+from fusiondiff.models import ConditionalUNet
+
+from conftest import save_png, synthetic_triplet
+from helpers import compose_config
+
+NET = {
+    "_target_": "fusiondiff.models.ConditionalUNet",
+    "image_channels": 3,
+    "num_sources": 2,
+    "base_channels": 8,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+}
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    torch.manual_seed(0)
+    net = ConditionalUNet(**{k: v for k, v in NET.items() if k != "_target_"})
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    config = {"net": NET, "schedule": {"name": "cosine", "num_timesteps": 100}, "task": {"name": "multifocus"}}
+    path = tmp_path / "tiny.safetensors"
+    save_file(net.state_dict(), str(path), metadata={"fusiondiff": json.dumps(config)})
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    a, b, _ = synthetic_triplet(5, 33, 41)
+    return save_png(tmp_path / "in" / "x-A.png", a), save_png(tmp_path / "in" / "x-B.png", b)
+
+
+def run(bundle, out, inputs, *extra):
+    cfg = compose_config(
+        "infer", [f"ckpt={bundle}", f"inputs=[{','.join(map(str, inputs))}]", f"output={out}", "sampler.steps=2", *extra]
+    )
+    return infer(cfg)
+
+
+def test_tiled_inference_matches_size_and_is_seeded(bundle, pair, tmp_path):
+    (a,) = run(bundle, tmp_path / "a.png", pair)
+    (b,) = run(bundle, tmp_path / "b.png", pair)
+    (c,) = run(bundle, tmp_path / "c.png", pair, "tile_size=16", "tile_overlap=4", "tile_batch=4")
+    ia, ib, ic = read_image(a), read_image(b), read_image(c)
+    assert ia.shape == (3, 33, 41) and ic.shape == (3, 33, 41)
+    torch.testing.assert_close(ia, ib, rtol=0, atol=0)
+
+
+def test_pipeline_three_sources_and_batches(tmp_path):
+    net = ConditionalUNet(image_channels=1, num_sources=3, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    from fusiondiff.diffusion import make_schedule
+
+    pipe = FusionPipeline(net, make_schedule("linear", 50), {"net": {"image_channels": 1}})
+    assert pipe(torch.zeros(3, 1, 20, 18), steps=3).shape == (1, 20, 18)
+    assert pipe(torch.zeros(2, 3, 1, 20, 18), sampler="fusiondiff", steps=3).shape == (2, 1, 20, 18)
+    with pytest.raises(ValueError, match="valid: ddim, fusiondiff"):
+        pipe(torch.zeros(3, 1, 20, 18), sampler="plms")
+
+
+def test_bad_inputs_leave_nothing_behind(bundle, pair, tmp_path):
+    a, b = pair
+    small = save_png(tmp_path / "in" / "small.png", synthetic_triplet(1, 20, 20)[0])
+    out = tmp_path / "out" / "fused.png"
+    with pytest.raises(ImageError, match="differ in size"):
+        run(bundle, out, [a, small])
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        run(bundle, out, [a, tmp_path / "nope.png"])
+    tiny = save_png(tmp_path / "in" / "t.png", synthetic_triplet(1, 8, 8)[0][:1, :1])
+    with pytest.raises(ValueError, match="minimum"):
+        run(bundle, out, [tiny, tiny])
+    assert not out.exists() and not (tmp_path / "out").exists()
+    (resized,) = run(bundle, out, [a, small], "resize=true")
+    assert read_image(resized).shape == (3, 33, 41)
+
+
+def test_model_file_errors(tmp_path, bundle):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_model(tmp_path / "missing.safetensors")
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="without fusiondiff metadata"):
+        load_model(tmp_path / "plain.safetensors")
+    evil = {"net": {"_target_": "os.system", "command": "true"}, "schedule": {"name": "cosine", "num_timesteps": 10}}
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "evil.safetensors"), metadata={"fusiondiff": json.dumps(evil)})
+    with pytest.raises(ValueError, match="refusing to build"):
+        load_model(tmp_path / "evil.safetensors")
+    with pytest.raises(ValueError, match="unknown model file type"):
+        load_model(bundle.rename(tmp_path / "tiny.bin"))
