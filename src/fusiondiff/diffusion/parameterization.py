@@ -62,3 +62,22 @@ class EpsDenoiser(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         return eps_from_output(self.schedule, self.prediction, x_t, t, self.net(x_t, t, cond))
+
+
+def residual_base(sources: torch.Tensor) -> torch.Tensor:
+    """Mean of the sources [B, N, C, H, W] -> [B, C, H, W]: the base of residual diffusion."""
+    return sources.mean(1)
+
+
+def to_diffused(target: torch.Tensor, sources: torch.Tensor, residual: bool) -> torch.Tensor:
+    """The variable the diffusion runs on: the image, or its residual to the mean of the sources.
+
+    Residual diffusion (as in residual-learning fusion models, e.g. Rif-Diff) starts the model at
+    the quality of averaging and leaves it only the correction to learn.
+    """
+    return target - residual_base(sources) if residual else target
+
+
+def from_diffused(sample: torch.Tensor, sources: torch.Tensor, residual: bool) -> torch.Tensor:
+    """Inverse of :func:`to_diffused`, clamped to the image range [-1, 1]."""
+    return (sample + residual_base(sources) if residual else sample).clamp(-1, 1)

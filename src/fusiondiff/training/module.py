@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, training_target
-from fusiondiff.diffusion.parameterization import check_prediction
+from fusiondiff.diffusion.parameterization import check_prediction, from_diffused, to_diffused
 from fusiondiff.metrics import psnr, ssim
 
 
@@ -43,6 +43,7 @@ class DiffusionFusionModule(L.LightningModule):
             the EMA weights are used for validation and export.
         val_sampler, val_steps: sampler name and step count for validation samples (seeded).
         prediction: what the network predicts: ``eps`` (FusionDiff), ``x0`` or ``v``.
+        residual: diffuse ``target - mean(sources)`` instead of the target (see ``to_diffused``).
         bundle_config: plain dict describing how to rebuild net and schedule (stored in checkpoints
             so :func:`fusiondiff.training.export.export_bundle` needs nothing else).
     """
@@ -59,11 +60,12 @@ class DiffusionFusionModule(L.LightningModule):
         val_seed: int = 0,
         num_preview: int = 4,
         prediction: str = "eps",
+        residual: bool = False,
         bundle_config: dict | None = None,
     ) -> None:
         super().__init__()
         get_sampler(val_sampler)  # fail early on an unknown name
-        self.prediction = check_prediction(prediction)
+        self.prediction, self.residual = check_prediction(prediction), residual
         self.net = net
         self.schedule = schedule
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -72,7 +74,7 @@ class DiffusionFusionModule(L.LightningModule):
             self.ema.requires_grad_(False)
         self.val_sampler, self.val_steps, self.val_seed = val_sampler, val_steps, val_seed
         self.num_preview = num_preview
-        self.bundle_config = {**(bundle_config or {}), "prediction": prediction}
+        self.bundle_config = {**(bundle_config or {}), "prediction": prediction, "residual": residual}
 
     # ------------------------------------------------------------------ training
     @property
@@ -81,7 +83,8 @@ class DiffusionFusionModule(L.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
-        target, sources = batch["target"], batch["sources"]
+        sources = batch["sources"]
+        target = to_diffused(batch["target"], sources, self.residual)
         t = torch.randint(0, self.schedule.num_timesteps, (target.shape[0],), device=target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
@@ -112,7 +115,7 @@ class DiffusionFusionModule(L.LightningModule):
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.val_steps)
         sampler = get_sampler(self.val_sampler)
         denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction)
-        return sampler(denoiser, self.schedule, sources, ts, generator=gen)
+        return from_diffused(sampler(denoiser, self.schedule, sources, ts, generator=gen), sources, self.residual)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         sources = batch["sources"]
