@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
-from fusiondiff.diffusion.parameterization import from_diffused
 from fusiondiff.diffusion.samplers import SPACINGS
 
 BUNDLE_FORMAT = 1
