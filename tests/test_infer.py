@@ -97,3 +97,24 @@ def test_model_file_errors(tmp_path, bundle):
         load_model(tmp_path / "evil.safetensors")
     with pytest.raises(ValueError, match="unknown model file type"):
         load_model(bundle.rename(tmp_path / "tiny.bin"))
+
+
+def test_pipeline_matches_the_training_module_for_a_residual_x0_model():
+    """Inference and validation share one definition of prediction type and residual diffusion."""
+    from fusiondiff.diffusion import make_schedule
+    from fusiondiff.training import DiffusionFusionModule
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    sched = make_schedule("cosine", 100)
+    module = DiffusionFusionModule(
+        net, sched, optimizer=torch.optim.AdamW, ema_decay=0, prediction="x0", residual=True, val_steps=3
+    )
+    sources = torch.rand(2, 2, 3, 16, 16) * 2 - 1
+    pipe = FusionPipeline(net, sched, {"prediction": "x0", "residual": True})
+    torch.testing.assert_close(pipe(sources, steps=3, seed=5), module.sample(sources, seed=5))
+    untrained = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    start = FusionPipeline(untrained, sched, {"prediction": "x0", "residual": True})(sources, steps=2)
+    torch.testing.assert_close(start, sources.mean(1))  # zero-initialised output: residual 0 = averaging

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
+from fusiondiff.diffusion.parameterization import from_diffused
 from fusiondiff.diffusion.samplers import SPACINGS
 
 BUNDLE_FORMAT = 1
@@ -152,5 +153,5 @@ class FusionPipeline:
         fused = sample_fn(
             denoiser, self.schedule, sources, ts, generator=gen, clip_x0=clip_x0, callback=callback, **sampler_options
         )
-        fused = fused.clamp(-1, 1)
+        fused = from_diffused(fused, sources, bool(self.config.get("residual", False)))
         return fused[0] if unbatched else fused

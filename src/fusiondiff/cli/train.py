@@ -70,6 +70,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     log.info("network: %.2f M parameters", sum(p.numel() for p in net.parameters()) / 1e6)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath and not trainer.fast_dev_run and trainer.global_step > 0:
+        # Lightning skips the last save when max_steps ends exactly on an epoch boundary; make
+        # last.ckpt always the end of training so that resuming continues from there.
+        trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     bundle = None

@@ -108,6 +108,34 @@ def _check_timesteps(schedule: NoiseSchedule, timesteps: Sequence[int] | torch.T
     return ts
 
 
+# update(x_t, ε̂, x̂0, ᾱ_t, ᾱ_prev) -> x_prev
+StepUpdate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+
+
+def _sample_loop(
+    update: StepUpdate,
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    cond: Any,
+    timesteps: Sequence[int] | torch.Tensor,
+    x_T: torch.Tensor | None,
+    shape: Sequence[int] | None,
+    generator: torch.Generator | None,
+    clip_x0: bool,
+    callback: StepCallback | None,
+) -> torch.Tensor:
+    """The loop every sampler shares: denoise at t, then step to the next visited timestep (ᾱ = 1 after the last)."""
+    ts = _check_timesteps(schedule, timesteps)
+    x = _initial_noise(x_T, shape, cond, generator)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        eps, x0 = _denoise(denoiser, schedule, x, t, cond, clip_x0)
+        x = update(x, eps, x0, schedule.alpha_bar(t).item(), schedule.alpha_bar(t_prev).item())
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: Denoiser,
@@ -127,26 +155,16 @@ def ddim_sample(
     The last visited timestep steps to ᾱ = 1, i.e. returns x̂0. ``generator`` seeds both x_T
     (when not given) and the per-step noise for η > 0.
     """
-    ts = _check_timesteps(schedule, timesteps)
-    x = _initial_noise(x_T, shape, cond, generator)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        eps, x0 = _denoise(denoiser, schedule, x, t, cond, clip_x0)
-        ab, ab_prev = schedule.alpha_bar(t).item(), schedule.alpha_bar(t_prev).item()
+
+    def update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float) -> torch.Tensor:
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
         x_next = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            noise = torch.randn(
-                x.shape,
-                generator=generator,
-                device=generator.device if generator else x.device,
-                dtype=x.dtype,
-            ).to(x.device)
-            x_next = x_next + sigma * noise
-        x = x_next
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
+            device = generator.device if generator is not None else x.device
+            x_next = x_next + sigma * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+        return x_next
+
+    return _sample_loop(update, denoiser, schedule, cond, timesteps, x_T, shape, generator, clip_x0, callback)
 
 
 @torch.no_grad()
@@ -168,19 +186,12 @@ def fusiondiff_sample(
     2021, Sec. 4). It is written with x̂0 (Ho et al. 2020, Eq. 7), which equals FusionDiff's
     ε-form 1/sqrt(α_t) (x_t - β_t / sqrt(1-ᾱ_t) ε̂) exactly when x̂0 is not clipped.
     """
-    ts = _check_timesteps(schedule, timesteps)
-    x = _initial_noise(x_T, shape, cond, generator)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        _, x0 = _denoise(denoiser, schedule, x, t, cond, clip_x0)
-        ab, ab_prev = schedule.alpha_bar(t).item(), schedule.alpha_bar(t_prev).item()
+
+    def update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float) -> torch.Tensor:
         beta = 1 - ab / ab_prev
-        coef_x0 = ab_prev**0.5 * beta / (1 - ab)
-        coef_xt = (1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab)
-        x = coef_x0 * x0 + coef_xt * x
-        if callback is not None:
-            callback(i, t, x, x0)
-    return x
+        return ab_prev**0.5 * beta / (1 - ab) * x0 + (1 - beta) ** 0.5 * (1 - ab_prev) / (1 - ab) * x
+
+    return _sample_loop(update, denoiser, schedule, cond, timesteps, x_T, shape, generator, clip_x0, callback)
 
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {

@@ -9,7 +9,6 @@ tensor of shape [B] (a 0-d tensor for unbatched input).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def _pair(fused: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -33,11 +32,11 @@ def psnr(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
     return out[0] if unbatched else out
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Normalised 1-D Gaussian; the 2-D SSIM window is its outer product."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]
+    return g / g.sum()
 
 
 def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -52,11 +51,13 @@ def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
     b, c, h, w = x.shape
     if h < 11 or w < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 px, got {h}x{w}")
-    win = _gaussian_window().to(x.device).expand(c, 1, 11, 11)
+    from fusiondiff.metrics.fusion import separable_correlate
+
+    g = _gaussian_1d().to(x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
     def filt(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(z, win, groups=c)
+        return separable_correlate(z, g, padding=0)
 
     mx, my = filt(x), filt(y)
     vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
