@@ -118,3 +118,13 @@ def test_pipeline_matches_the_training_module_for_a_residual_x0_model():
     untrained = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
     start = FusionPipeline(untrained, sched, {"prediction": "x0", "residual": True})(sources, steps=2)
     torch.testing.assert_close(start, sources.mean(1))  # zero-initialised output: residual 0 = averaging
+
+
+def test_pipeline_rejects_nan_out_of_range_and_wrong_source_count(bundle):
+    pipe = FusionPipeline.from_file(bundle)
+    with pytest.raises(ImageError, match="NaN"):
+        pipe(torch.full((2, 3, 16, 16), float("nan")), steps=1)
+    with pytest.raises(ImageError, match=r"expected \[-1, 1\]"):
+        pipe(torch.full((2, 3, 16, 16), 255.0), steps=1)
+    with pytest.raises(ValueError, match="fuses 2 sources, got 3"):
+        pipe(torch.zeros(3, 3, 16, 16), steps=1)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
 from fusiondiff.diffusion.parameterization import from_diffused
 from fusiondiff.diffusion.samplers import SPACINGS
@@ -142,6 +143,10 @@ class FusionPipeline:
         if spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
         sample_fn = get_sampler(sampler)
+        check_image_tensor(sources, "sources")
+        expected = self.config.get("net", {}).get("num_sources")
+        if expected and sources.shape[1] != expected:
+            raise ValueError(f"this model fuses {expected} sources, got {sources.shape[1]}")
         sources = sources.to(self.device, torch.float32)
         denoiser: Callable[..., torch.Tensor] = EpsDenoiser(self.net, self.schedule, self.config.get("prediction", "eps"))
         if tile_size is not None and max(sources.shape[-2:]) > tile_size:
