@@ -1,8 +1,9 @@
-"""Diffusion core: schedules, samplers and tiling over a ``denoiser(x_t, t, cond)`` callable.
+"""Diffusion core: schedules, samplers, edit-friendly inversion and tiling over a ``denoiser(x_t, t, cond)`` callable.
 
 Importable without Lightning.
 """
 
+from fusiondiff.diffusion.inversion import Inversion, inversion_timesteps, invert, regenerate
 from fusiondiff.diffusion.parameterization import PREDICTIONS, EpsDenoiser, training_target
 from fusiondiff.diffusion.samplers import (
     SAMPLERS,
@@ -15,6 +16,10 @@ from fusiondiff.diffusion.schedules import NoiseSchedule, cosine_betas, linear_b
 from fusiondiff.diffusion.tiling import tiled_denoiser
 
 __all__ = [
+    "Inversion",
+    "invert",
+    "inversion_timesteps",
+    "regenerate",
     "PREDICTIONS",
     "EpsDenoiser",
     "training_target",

@@ -136,6 +136,15 @@ def _sample_loop(
     return x
 
 
+def ddim_mean_sigma(x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float) -> tuple[torch.Tensor, float]:
+    """Mean and standard deviation of the DDIM step t -> prev (Song et al. 2021, Eqs. 12 and 16).
+
+    σ = η sqrt((1-ᾱ_prev)/(1-ᾱ_t)) sqrt(1-ᾱ_t/ᾱ_prev); η = 1 is the DDPM posterior (Ho et al. 2020).
+    """
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+    return ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps, sigma
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: Denoiser,
@@ -157,8 +166,7 @@ def ddim_sample(
     """
 
     def update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float) -> torch.Tensor:
-        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
-        x_next = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
+        x_next, sigma = ddim_mean_sigma(x0, eps, ab, ab_prev, eta)
         if sigma > 0:
             device = generator.device if generator is not None else x.device
             x_next = x_next + sigma * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)

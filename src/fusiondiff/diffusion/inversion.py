@@ -1,0 +1,116 @@
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas, Kulikov & Michaeli, CVPR 2024, Sec. 3 / Alg. 1).
+
+An image x0 is inverted into the noisy images x_t at the visited timesteps and one noise map z
+per step, such that regenerating with those maps reproduces x0 exactly:
+
+1. x_t ~ q(x_t | x0) is drawn **independently** for every visited t (seeded generator);
+2. for every step t -> prev, z = (x_prev - μ(x_t)) / σ, where μ, σ are the DDIM step's mean and
+   standard deviation (η = 1: DDPM). The last step goes to ᾱ of timestep 0 (< 1) rather than to
+   ᾱ = 1, so σ > 0 and its map is defined too (dropping it breaks exact reconstruction).
+
+Index 0 of every stored array is the **noisiest** step (x_T, the first map used), so "early" means
+high t (structure) and "late" means low t (texture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fusiondiff.diffusion.samplers import Denoiser, _check_timesteps, _denoise, ddim_mean_sigma, respace_timesteps
+from fusiondiff.diffusion.schedules import NoiseSchedule
+
+
+@dataclass
+class Inversion:
+    """The result of :func:`invert` for a batch of images.
+
+    Attributes:
+        timesteps: the visited timesteps, descending (index 0 = noisiest).
+        xs: [K, B, C, H, W], x at each visited timestep (``xs[0]`` is x_T).
+        zs: [K, B, C, H, W], the noise map of each step (``zs[i]`` takes ``xs[i]`` to ``xs[i+1]``;
+            the last one to the image).
+        eta: the η the maps were computed with (regenerate with the same).
+    """
+
+    timesteps: list[int]
+    xs: torch.Tensor
+    zs: torch.Tensor
+    eta: float
+
+
+def inversion_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
+    """``steps`` descending timesteps from T-1 that stop above 0 (the chain ends at timestep 0's ᾱ)."""
+    if steps < 1 or steps + 1 > num_timesteps:
+        raise ValueError(f"steps must be in 1..{num_timesteps - 1}, got {steps}")
+    return respace_timesteps(num_timesteps, steps + 1, spacing)[:-1]
+
+
+def _prev_alpha_bars(schedule: NoiseSchedule, ts: list[int]) -> list[float]:
+    return [schedule.alpha_bar(t).item() for t in ts[1:]] + [schedule.alpha_bar(0).item()]
+
+
+@torch.no_grad()
+def invert(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    timesteps: Sequence[int] | torch.Tensor,
+    cond: Any = None,
+    eta: float = 1.0,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+) -> Inversion:
+    """Invert a batch of images x0 [B, C, H, W] into x_T and per-step noise maps (see module docstring)."""
+    ts = _check_timesteps(schedule, timesteps)
+    if ts[-1] < 1:
+        raise ValueError("the last inversion timestep must be >= 1 (use inversion_timesteps)")
+    if eta <= 0:
+        raise ValueError(f"eta must be > 0 for an invertible chain (σ = 0 leaves z undefined), got {eta}")
+    device = generator.device if generator is not None else x0.device
+    xs = torch.stack([
+        schedule.q_sample(x0, torch.full((x0.shape[0],), t, dtype=torch.long),
+                          torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device))
+        for t in ts
+    ])  # fmt: skip
+    zs = torch.empty_like(xs)
+    prevs = _prev_alpha_bars(schedule, ts)
+    for i, t in enumerate(ts):
+        eps, x0_hat = _denoise(denoiser, schedule, xs[i], t, cond, clip_x0)
+        mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(t).item(), prevs[i], eta)
+        target = xs[i + 1] if i + 1 < len(ts) else x0
+        zs[i] = (target - mean) / sigma
+    return Inversion(ts, xs, zs, eta)
+
+
+@torch.no_grad()
+def regenerate(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    x_start: torch.Tensor,
+    zs: torch.Tensor,
+    timesteps: Sequence[int] | torch.Tensor,
+    cond: Any = None,
+    eta: float = 1.0,
+    skip: int = 0,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """Run the reverse chain from ``x_start`` (= ``xs[skip]``) with the maps ``zs`` (all K of them).
+
+    ``skip`` starts at step index ``skip`` (the paper's T_skip): the first ``skip`` maps are unused.
+    """
+    ts = _check_timesteps(schedule, timesteps)
+    if zs.shape[0] != len(ts):
+        raise ValueError(f"{zs.shape[0]} noise maps for {len(ts)} timesteps")
+    if not 0 <= skip < len(ts):
+        raise ValueError(f"skip must be in 0..{len(ts) - 1}, got {skip}")
+    prevs = _prev_alpha_bars(schedule, ts)
+    x = x_start
+    for i in range(skip, len(ts)):
+        eps, x0_hat = _denoise(denoiser, schedule, x, ts[i], cond, clip_x0)
+        mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(ts[i]).item(), prevs[i], eta)
+        x = mean + sigma * zs[i]
+    return x
