@@ -144,3 +144,17 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert objects["trainer"].world_size == 2
     # spawned workers trained; the parent gets weights back, the checkpoint holds their step
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_unconditional_task_fast_dev_run(tmp_path):
+    overrides = ["experiment=unconditional_quickstart", "debug=fdr", *TINY, "data.train.num_samples=4", "data.train.crop_size=16",
+                 "data.val.num_samples=2", "data.val.crop_size=16"]  # fmt: skip
+    metrics, objects = train(compose_config("train", overrides, tmp_path))
+    assert objects["module"].net.num_sources == 0
+    assert "val/loss" in metrics and "val/psnr" not in metrics
+
+
+def test_residual_needs_sources(tmp_path):
+    overrides = ["experiment=unconditional_quickstart", "debug=fdr", *TINY, "task.module.residual=true"]
+    with pytest.raises(Exception, match="residual diffusion needs source images"):
+        train(compose_config("train", overrides, tmp_path))

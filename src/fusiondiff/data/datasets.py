@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fusiondiff.data.io import ImageError, _check_channels_arg, read_image, to_channels
+from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, _check_channels_arg, read_image, to_channels
 from fusiondiff.data.pairing import Sample, find_samples
 
 log = logging.getLogger(__name__)
@@ -252,22 +252,21 @@ def make_multifocus_triplet(
     return torch.stack([a, b]), mask
 
 
-class SyntheticMultiFocus(Dataset):
-    """Multi-focus triplets made on the fly from sharp photos (default: scikit-image's bundled ones).
+class PhotoPatches(Dataset):
+    """Random square patches (random scale and flip) of sharp photos (default: scikit-image's bundled ones).
 
-    Each item crops a random patch (random scale in ``scale_range``), draws a smooth focus mask
-    (blobs, half-planes, depth-like ramps) and blurs complementary regions of two copies.
-    With ``deterministic=True`` item ``i`` is always the same (validation, tests); otherwise
-    every access draws a new sample (training), seeded through torch's RNG so that
-    ``seed_everything`` makes runs repeatable.
+    With ``deterministic=True`` item ``i`` is always the same (validation, tests); otherwise every
+    access draws a new patch (training), seeded through torch's RNG so that ``seed_everything``
+    makes runs repeatable. Items are ``{"sources": [0, C, h, w], "target": [C, h, w], "name"}``:
+    unconditional training data (``task=unconditional``).
 
     Args:
         photos: names of scikit-image photos, or None for the default training set.
-        folder: a folder of sharp photos to use instead.
+        folder: a folder of photos to use instead.
         num_samples: length of the dataset (an epoch).
         crop_size: side of the square patches.
         channels: 3 or 1.
-        max_sigma: strongest blur.
+        scale_range: the patch side as a fraction of the photo's shorter side, before resizing.
         deterministic: fixed sample per index.
         seed: base seed for deterministic samples.
     """
@@ -279,29 +278,26 @@ class SyntheticMultiFocus(Dataset):
         num_samples: int = 1000,
         crop_size: int = 64,
         channels: int = 3,
-        max_sigma: float = 4.0,
         scale_range: tuple[float, float] = (0.35, 1.0),
         deterministic: bool = False,
         seed: int = 0,
     ) -> None:
         _check_channels_arg(channels, allow_none=False)
         if folder is not None:
-            files = sorted(
-                p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-            )
+            files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
-                raise ValueError(f"no images in {folder}")
+                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
             self.photos = [read_image(f, 3) for f in files]
         else:
             self.photos = skimage_photos(SKIMAGE_TRAIN_PHOTOS if photos is None else photos)
         self.num_samples, self.crop_size, self.channels = num_samples, crop_size, channels
-        self.max_sigma, self.scale_range = max_sigma, tuple(scale_range)
+        self.scale_range = tuple(scale_range)
         self.deterministic, self.seed = deterministic, seed
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def __getitem__(self, index: int) -> dict:
+    def _patch(self, index: int) -> tuple[torch.Tensor, torch.Generator]:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         gen = _generator(self.seed * 1_000_003 + index if self.deterministic else None)
@@ -315,6 +311,25 @@ class SyntheticMultiFocus(Dataset):
             patch = F.interpolate(patch[None], (self.crop_size, self.crop_size), mode="area")[0]
         if torch.rand((), generator=gen) < 0.5:
             patch = patch.flip(-1)
-        patch = to_channels(patch, self.channels)
+        return to_channels(patch, self.channels).clamp(-1, 1), gen
+
+    def __getitem__(self, index: int) -> dict:
+        patch, _ = self._patch(index)
+        return {"sources": patch.new_zeros(0, *patch.shape), "target": patch, "name": f"patch_{index:06d}"}
+
+
+class SyntheticMultiFocus(PhotoPatches):
+    """Multi-focus triplets made on the fly from sharp photo patches (see :class:`PhotoPatches`).
+
+    Each item draws a smooth focus mask (blobs, half-planes, depth-like ramps) and blurs
+    complementary regions of two copies (Gaussian or disk, strength up to ``max_sigma``).
+    """
+
+    def __init__(self, *args, max_sigma: float = 4.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_sigma = max_sigma
+
+    def __getitem__(self, index: int) -> dict:
+        patch, gen = self._patch(index)
         sources, _ = make_multifocus_triplet(patch, gen, self.max_sigma)
-        return {"sources": sources.clamp(-1, 1), "target": patch.clamp(-1, 1), "name": f"synthetic_{index:06d}"}
+        return {"sources": sources.clamp(-1, 1), "target": patch, "name": f"synthetic_{index:06d}"}

@@ -66,6 +66,8 @@ class DiffusionFusionModule(L.LightningModule):
         super().__init__()
         get_sampler(val_sampler)  # fail early on an unknown name
         self.prediction, self.residual = check_prediction(prediction), residual
+        if residual and getattr(net, "num_sources", 1) == 0:
+            raise ValueError("residual diffusion needs source images; an unconditional model (num_sources=0) cannot use it")
         self.net = net
         self.schedule = schedule
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -123,8 +125,9 @@ class DiffusionFusionModule(L.LightningModule):
         if "target" in batch:
             target = batch["target"]
             bs = target.shape[0]
-            self.log("val/psnr", psnr(fused, target).mean().float(), batch_size=bs, sync_dist=True, prog_bar=True)
-            self.log("val/ssim", ssim(fused, target).mean().float(), batch_size=bs, sync_dist=True, prog_bar=True)
+            if sources.shape[1] > 0:  # unconditional samples are not meant to match the target
+                self.log("val/psnr", psnr(fused, target).mean().float(), batch_size=bs, sync_dist=True, prog_bar=True)
+                self.log("val/ssim", ssim(fused, target).mean().float(), batch_size=bs, sync_dist=True, prog_bar=True)
             self.log("val/loss", self.diffusion_loss(batch), batch_size=bs, sync_dist=True)
         if batch_idx == 0 and self.num_preview > 0:
             self._log_preview(sources, fused, batch.get("target"))
