@@ -128,3 +128,25 @@ def test_pipeline_rejects_nan_out_of_range_and_wrong_source_count(bundle):
         pipe(torch.full((2, 3, 16, 16), 255.0), steps=1)
     with pytest.raises(ValueError, match="fuses 2 sources, got 3"):
         pipe(torch.zeros(3, 3, 16, 16), steps=1)
+
+
+def test_zero_shot_fusion_with_an_unconditional_model():
+    from fusiondiff.diffusion import make_schedule
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(image_channels=3, num_sources=0, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    pipe = FusionPipeline(net, make_schedule("cosine", 100), {"net": {"num_sources": 0}})
+    a, b = torch.rand(2, 3, 16, 16) * 1.6 - 0.8
+    images = torch.stack([a, b])
+    # Exact in float64 (tests/test_noise_space.py); here the float32 network sees batches of 2 when inverting
+    # and of 1 when regenerating, whose kernels may round differently: agreement far below one 8-bit level.
+    torch.testing.assert_close(pipe.zero_shot(images, ratio=0.0, steps=8), a, atol=1e-3, rtol=0)
+    torch.testing.assert_close(pipe.zero_shot(images, ratio=1.0, steps=8, skip=3), b, atol=1e-3, rtol=0)
+    mixed = pipe.zero_shot(images, ratio=0.5, mode="feature_selective", steps=8)
+    assert mixed.shape == (3, 16, 16) and not torch.allclose(mixed, a) and not torch.allclose(mixed, b)
+    conditional = FusionPipeline(ConditionalUNet(base_channels=8, channel_mult=(1, 2), num_res_blocks=1), make_schedule("cosine", 10),
+                                 {"net": {"num_sources": 2}})  # fmt: skip
+    with pytest.raises(ValueError, match="unconditional model"):
+        conditional.zero_shot(images)

@@ -160,3 +160,41 @@ class FusionPipeline:
         )
         fused = from_diffused(fused, sources, bool(self.config.get("residual", False)))
         return fused[0] if unbatched else fused
+
+    @torch.inference_mode()
+    def zero_shot(
+        self,
+        images: torch.Tensor,
+        ratio: float | None = 0.5,
+        weights: list[float] | None = None,
+        mode: str = "linear",
+        steps: int = 50,
+        skip: int = 0,
+        eta: float = 1.0,
+        seed: int = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Fuse N images [N, C, H, W] in [-1, 1] through the edit-friendly noise space of an unconditional model.
+
+        The images are inverted as one batch (same timesteps, η and seed), their x_start and noise
+        maps fused by ``mode`` (:mod:`fusiondiff.fusion.noise_space`) and the result regenerated
+        from step index ``skip``. ``ratio`` r gives two images the weights (1 - r, r).
+        """
+        from fusiondiff.diffusion.inversion import Inversion, inversion_timesteps, invert, regenerate
+        from fusiondiff.fusion.noise_space import fuse_inversions, ratio_weights
+
+        if self.config.get("net", {}).get("num_sources", 0):
+            raise ValueError("zero-shot fusion needs an unconditional model (task=unconditional); this one is conditional")
+        check_image_tensor(images, "images")
+        if images.dim() != 4 or images.shape[0] < 2:
+            raise ValueError(f"images must be [N, C, H, W] with N >= 2, got {tuple(images.shape)}")
+        w = weights if weights is not None else ratio_weights(float(ratio))
+        denoiser = EpsDenoiser(self.net, self.schedule, self.config.get("prediction", "eps"))
+        ts = inversion_timesteps(self.schedule.num_timesteps, steps)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        # float64 chain state: regeneration then reproduces each input to ~1e-12 (the net runs in float32)
+        inv = invert(denoiser, self.schedule, images.to(self.device, torch.float64), ts, eta=eta, generator=gen)
+        per_image = [Inversion(inv.timesteps, inv.xs[:, i : i + 1], inv.zs[:, i : i + 1], eta) for i in range(images.shape[0])]
+        x_start, zs = fuse_inversions(per_image, w, mode, skip=skip, mask=mask)
+        fused = regenerate(denoiser, self.schedule, x_start, zs, ts, eta=eta, skip=skip)[0]
+        return fused.clamp(-1, 1).to(images.dtype)

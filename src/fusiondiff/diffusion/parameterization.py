@@ -61,7 +61,11 @@ class EpsDenoiser(nn.Module):
         self.net, self.schedule, self.prediction = net, schedule, check_prediction(prediction)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        return eps_from_output(self.schedule, self.prediction, x_t, t, self.net(x_t, t, cond))
+        """ε̂ in the dtype of x_t; the network runs in its own dtype (so samplers may keep float64 state)."""
+        param = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
+        net_dtype = param.dtype if param is not None else x_t.dtype
+        out = self.net(x_t.to(net_dtype), t, cond).to(x_t.dtype)
+        return eps_from_output(self.schedule, self.prediction, x_t, t, out)
 
 
 def residual_base(sources: torch.Tensor) -> torch.Tensor:
