@@ -146,7 +146,7 @@ def test_zero_shot_fusion_with_an_unconditional_model():
     torch.testing.assert_close(pipe.zero_shot(images, ratio=1.0, steps=8, skip=3), b, atol=1e-3, rtol=0)
     mixed = pipe.zero_shot(images, ratio=0.5, mode="feature_selective", steps=8)
     assert mixed.shape == (3, 16, 16) and not torch.allclose(mixed, a) and not torch.allclose(mixed, b)
-    conditional = FusionPipeline(ConditionalUNet(base_channels=8, channel_mult=(1, 2), num_res_blocks=1), make_schedule("cosine", 10),
-                                 {"net": {"num_sources": 2}})  # fmt: skip
+    cond_net = ConditionalUNet(base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
+    conditional = FusionPipeline(cond_net, make_schedule("cosine", 10), {"net": {"num_sources": 2}})
     with pytest.raises(ValueError, match="unconditional model"):
         conditional.zero_shot(images)
