@@ -67,7 +67,7 @@ def test_lpips_real_weights_on_fixed_inputs():
     import skimage.data
     import torch.nn.functional as F
 
-    from fusiondiff.data.datasets import blur, gaussian_kernel
+    from fusiondiff.filters import blur, gaussian_kernel
 
     photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1).float() / 127.5 - 1
     photo = F.interpolate(photo[None], (256, 256), mode="area")[0]

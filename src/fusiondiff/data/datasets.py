@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, _check_channels_arg, read_image, to_channels
 from fusiondiff.data.pairing import Sample, find_samples
+from fusiondiff.filters import blur, disk_kernel, gaussian_kernel
 
 log = logging.getLogger(__name__)
 
@@ -170,30 +171,6 @@ def skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
         t = torch.from_numpy(np.ascontiguousarray(img[:, :, :3])).permute(2, 0, 1).float() / 255.0
         photos.append(t * 2 - 1)
     return photos
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    radius = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    k2 = k[:, None] * k[None, :]
-    return k2 / k2.sum()
-
-
-def disk_kernel(radius: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(radius)))
-    y, x = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing="ij")
-    # soft edge: anti-aliased disk
-    k = (radius + 0.5 - torch.sqrt(x**2 + y**2)).clamp(0, 1)
-    return k / k.sum()
-
-
-def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Blur [C, H, W] with a 2-D kernel, reflect borders."""
-    c = image.shape[0]
-    pad = kernel.shape[-1] // 2
-    x = F.pad(image[None], (pad, pad, pad, pad), mode="reflect")
-    return F.conv2d(x, kernel.expand(c, 1, *kernel.shape).to(image.dtype), groups=c)[0]
 
 
 def focus_mask(h: int, w: int, kind: str, gen: torch.Generator) -> torch.Tensor:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fusiondiff.filters import blur, box_mean, gaussian_kernel
+
 Tensor = torch.Tensor
 
 
@@ -38,23 +40,6 @@ def _gray(x: Tensor) -> Tensor:
     return (x * w).sum(-3, keepdim=True)
 
 
-def _box_sum(x: Tensor, radius: int) -> Tensor:
-    """Sum over a (2r+1)^2 window (zeros outside) via an integral image: O(1) per pixel for any radius."""
-    h, w = x.shape[-2:]
-    s = F.pad(x.double(), (radius + 1, radius, radius + 1, radius)).cumsum(-2).cumsum(-1)
-    k = 2 * radius + 1
-    out = s[..., k:, k:] - s[..., :-k, k:] - s[..., k:, :-k] + s[..., :-k, :-k]
-    return out[..., :h, :w].to(x.dtype)
-
-
-def box_mean(x: Tensor, radius: int) -> Tensor:
-    """Mean over a (2r+1)^2 window of [B, C, H, W], counting only pixels inside the image."""
-    if radius <= 0:
-        return x
-    ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
-    return _box_sum(x, radius) / _box_sum(ones, radius)
-
-
 def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float) -> Tensor:
     """He et al. 2010 guided filter with a gray guide [B, 1, H, W] and any src [B, C, H, W]."""
     radius = max(0, min(radius, (min(guide.shape[-2:]) - 1) // 2))
@@ -64,17 +49,6 @@ def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float) -> Tensor
     a = cov / (var + eps)
     b = mean_p - a * mean_i
     return box_mean(a, radius) * guide + box_mean(b, radius)
-
-
-def _gaussian_blur(x: Tensor, sigma: float, radius: int) -> Tensor:
-    k = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(k**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    pad_mode = "reflect" if min(x.shape[-2:]) > radius else "replicate"
-    x = F.pad(x, (radius, radius, radius, radius), mode=pad_mode)
-    x = F.conv2d(x, k.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(x, k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def _select_max(activity: Tensor) -> Tensor:
@@ -95,7 +69,7 @@ def laplacian_pyramid(sources: Tensor, levels: int = 5) -> Tensor:
     x = sources.reshape(b * n, c, h, w)
     gauss = [x]
     while len(gauss) < levels and min(gauss[-1].shape[-2:]) >= 8:
-        gauss.append(_gaussian_blur(gauss[-1], 1.0, 2)[..., ::2, ::2])
+        gauss.append(blur(gauss[-1], gaussian_kernel(1.0, 2))[..., ::2, ::2])
 
     def up(z: Tensor, size: tuple[int, int]) -> Tensor:
         return F.interpolate(z, size=size, mode="bilinear", align_corners=False)
@@ -134,7 +108,7 @@ def guided_filter_fusion(
     lap = F.conv2d(
         F.pad(gray, (1, 1, 1, 1), mode="replicate"), torch.tensor([[[[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]]], device=x.device)
     )
-    saliency = _gaussian_blur(lap.abs(), saliency_sigma, saliency_radius)
+    saliency = blur(lap.abs(), gaussian_kernel(saliency_sigma, saliency_radius))
     masks = _select_max(saliency.reshape(b, n, 1, h, w)).reshape(b * n, 1, h, w)
     w_base = guided_filter(gray, masks, r1, eps1).reshape(b, n, 1, h, w)
     w_detail = guided_filter(gray, masks, r2, eps2).reshape(b, n, 1, h, w)

@@ -1,0 +1,55 @@
+"""Image filters shared by data synthesis and the classical fusion baselines (one implementation each).
+
+Images are [C, H, W] or [B, C, H, W]; kernels are 2-D and normalised to sum 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import kornia
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel(sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Normalised 2-D Gaussian of standard deviation ``sigma`` on (2r+1)^2 taps (r = ceil(3 sigma) by default)."""
+    radius = max(1, int(math.ceil(3 * sigma))) if radius is None else radius
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k2 = k[:, None] * k[None, :]
+    return k2 / k2.sum()
+
+
+def disk_kernel(radius: float) -> torch.Tensor:
+    """Normalised anti-aliased disk (defocus blur) of the given radius in pixels."""
+    r = max(1, int(math.ceil(radius)))
+    y, x = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing="ij")
+    k = (radius + 0.5 - torch.sqrt(x**2 + y**2)).clamp(0, 1)
+    return k / k.sum()
+
+
+def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Filter with a 2-D kernel (kornia ``filter2d``), reflected borders (replicated if the image is too small)."""
+    unbatched = image.dim() == 3
+    x = image[None] if unbatched else image
+    border = "reflect" if min(x.shape[-2:]) > kernel.shape[-1] // 2 else "replicate"
+    out = kornia.filters.filter2d(x, kernel[None].to(x.dtype), border_type=border)
+    return out[0] if unbatched else out
+
+
+def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sum over a (2r+1)^2 window (zeros outside) via an integral image: O(1) per pixel for any radius."""
+    h, w = x.shape[-2:]
+    s = F.pad(x.double(), (radius + 1, radius, radius + 1, radius)).cumsum(-2).cumsum(-1)
+    k = 2 * radius + 1
+    out = s[..., k:, k:] - s[..., :-k, k:] - s[..., k:, :-k] + s[..., :-k, :-k]
+    return out[..., :h, :w].to(x.dtype)
+
+
+def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window of [B, C, H, W], counting only pixels inside the image."""
+    if radius <= 0:
+        return x
+    ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
+    return _box_sum(x, radius) / _box_sum(ones, radius)
