@@ -74,6 +74,7 @@ def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
 
     assert os.environ.get("WANDB_MODE") == "offline"
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    assert list((tmp_path / "wandb").glob("offline-run-*/files/media/images/val/preview_*.png")), "no image grid in wandb"
 
 
 def test_export_then_infer_round_trip(tmp_path, lytro_folder):

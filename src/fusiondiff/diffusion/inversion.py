@@ -63,19 +63,25 @@ def invert(
     eta: float = 1.0,
     generator: torch.Generator | None = None,
     clip_x0: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> Inversion:
-    """Invert a batch of images x0 [B, C, H, W] into x_T and per-step noise maps (see module docstring)."""
+    """Invert a batch of images x0 [B, C, H, W] into x_T and per-step noise maps (see module docstring).
+
+    ``noise`` [K, B, C, H, W] gives the ε of each x_t ~ q(x_t | x0) explicitly (else drawn from ``generator``).
+    """
     ts = _check_timesteps(schedule, timesteps)
     if ts[-1] < 1:
         raise ValueError("the last inversion timestep must be >= 1 (use inversion_timesteps)")
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for an invertible chain (σ = 0 leaves z undefined), got {eta}")
-    device = generator.device if generator is not None else x0.device
-    xs = torch.stack([
-        schedule.q_sample(x0, torch.full((x0.shape[0],), t, dtype=torch.long),
-                          torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device))
-        for t in ts
-    ])  # fmt: skip
+    if noise is None:
+        device = generator.device if generator is not None else x0.device
+        noise = torch.randn((len(ts), *x0.shape), generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+    if noise.shape != (len(ts), *x0.shape):
+        raise ValueError(f"noise must be [{len(ts)}, {', '.join(map(str, x0.shape))}], got {tuple(noise.shape)}")
+    batch_t = [torch.full((x0.shape[0],), t, dtype=torch.long) for t in ts]
+    xs = torch.stack([schedule.q_sample(x0, bt, noise[i].to(x0.dtype)) for i, bt in enumerate(batch_t)])
+
     zs = torch.empty_like(xs)
     prevs = _prev_alpha_bars(schedule, ts)
     for i, t in enumerate(ts):
