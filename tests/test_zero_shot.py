@@ -38,7 +38,8 @@ def images(tmp_path):
 
 def run(prior, images, out, *extra):
     inputs = f"inputs=[{','.join(map(str, images))}]"
-    return infer(compose_config("infer", ["mode=noise_fusion", f"ckpt={prior}", inputs, f"output={out}", "fusion.steps=10", *extra]))
+    overrides = ["mode=noise_fusion", f"ckpt={prior}", inputs, f"output={out}", "fusion.steps=10", *extra]
+    return infer(compose_config("infer", overrides))
 
 
 def test_cli_writes_fused_and_exact_reconstructions(prior, images, tmp_path, caplog):
