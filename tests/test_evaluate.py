@@ -4,13 +4,11 @@ import csv
 import json
 
 import pytest
-from safetensors.torch import save_file
 
 from fusiondiff.cli.evaluate import evaluate, markdown_table
-from fusiondiff.models import ConditionalUNet
 
 from conftest import save_png, synthetic_triplet
-from helpers import compose_config
+from helpers import compose_config, write_tiny_bundle
 
 
 @pytest.fixture
@@ -26,13 +24,8 @@ def gt_folder(tmp_path):
 
 @pytest.fixture
 def tiny_bundle(tmp_path):
-    net_cfg = {"_target_": "fusiondiff.models.ConditionalUNet", "image_channels": 3, "num_sources": 2, "base_channels": 8,
-               "channel_mult": [1, 2], "num_res_blocks": 1}  # fmt: skip
-    net = ConditionalUNet(**{k: v for k, v in net_cfg.items() if k != "_target_"})
-    config = {"net": net_cfg, "schedule": {"name": "cosine", "num_timesteps": 50}, "prediction": "x0", "residual": True}
-    path = tmp_path / "tiny.safetensors"
-    save_file(net.state_dict(), str(path), metadata={"fusiondiff": json.dumps(config)})
-    return path
+    # untrained (zero output layer) x0 + residual model: it starts exactly at averaging
+    return write_tiny_bundle(tmp_path / "tiny.safetensors", num_timesteps=50, init_std=None, prediction="x0", residual=True)
 
 
 def test_evaluate_writes_every_report_and_resumes(gt_folder, tiny_bundle, tmp_path):

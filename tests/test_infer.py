@@ -12,28 +12,12 @@ from fusiondiff.inference import FusionPipeline, load_model
 from fusiondiff.models import ConditionalUNet
 
 from conftest import save_png, synthetic_triplet
-from helpers import compose_config
-
-NET = {
-    "_target_": "fusiondiff.models.ConditionalUNet",
-    "image_channels": 3,
-    "num_sources": 2,
-    "base_channels": 8,
-    "channel_mult": [1, 2],
-    "num_res_blocks": 1,
-}
+from helpers import compose_config, write_tiny_bundle
 
 
 @pytest.fixture
 def bundle(tmp_path):
-    torch.manual_seed(0)
-    net = ConditionalUNet(**{k: v for k, v in NET.items() if k != "_target_"})
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    config = {"net": NET, "schedule": {"name": "cosine", "num_timesteps": 100}, "task": {"name": "multifocus"}}
-    path = tmp_path / "tiny.safetensors"
-    save_file(net.state_dict(), str(path), metadata={"fusiondiff": json.dumps(config)})
-    return path
+    return write_tiny_bundle(tmp_path / "tiny.safetensors", task={"name": "multifocus"})
 
 
 @pytest.fixture

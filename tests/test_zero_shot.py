@@ -1,10 +1,8 @@
 """Zero-shot noise-space fusion end to end with a tiny unconditional model: CLI, N = 3, batching, time order."""
 
-import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from fusiondiff.cli.infer import infer
 from fusiondiff.data import read_image
@@ -13,22 +11,12 @@ from fusiondiff.fusion.noise_space import fuse_step
 from fusiondiff.models import ConditionalUNet
 
 from conftest import save_png, synthetic_triplet
-from helpers import compose_config
-
-NET = {"_target_": "fusiondiff.models.ConditionalUNet", "image_channels": 3, "num_sources": 0, "base_channels": 8,
-       "channel_mult": [1, 2], "num_res_blocks": 1}  # fmt: skip
+from helpers import compose_config, write_tiny_bundle
 
 
 @pytest.fixture
 def prior(tmp_path):
-    torch.manual_seed(0)
-    net = ConditionalUNet(**{k: v for k, v in NET.items() if k != "_target_"})
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    path = tmp_path / "prior.safetensors"
-    config = {"net": NET, "schedule": {"name": "cosine", "num_timesteps": 100}, "prediction": "eps"}
-    save_file(net.state_dict(), str(path), metadata={"fusiondiff": json.dumps(config)})
-    return path
+    return write_tiny_bundle(tmp_path / "prior.safetensors", num_sources=0, prediction="eps")
 
 
 @pytest.fixture
