@@ -1,6 +1,5 @@
 """Zero-shot noise-space fusion end to end with a tiny unconditional model: CLI, N = 3, batching, time order."""
 
-
 import pytest
 import torch
 

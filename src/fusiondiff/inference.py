@@ -172,7 +172,9 @@ class FusionPipeline:
         return EpsDenoiser(self.net, self.schedule, self.config.get("prediction", "eps"))
 
     @torch.inference_mode()
-    def invert_images(self, images: torch.Tensor, steps: int = 50, eta: float = 1.0, seed: int = 0) -> Inversion:
+    def invert_images(
+        self, images: torch.Tensor, steps: int = 50, eta: float = 1.0, seed: int = 0, clip_x0: bool = True
+    ) -> Inversion:
         """Edit-friendly inversion of N images [N, C, H, W] in [-1, 1] as one batch (one model call per step).
 
         The chain runs in float64 (the network in its own dtype), so regeneration is exact to ~1e-12
@@ -184,7 +186,7 @@ class FusionPipeline:
             raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
         ts = inversion_timesteps(self.schedule.num_timesteps, steps)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        return invert(denoiser, self.schedule, images.to(self.device, torch.float64), ts, eta=eta, generator=gen)
+        return invert(denoiser, self.schedule, images.to(self.device, torch.float64), ts, eta=eta, generator=gen, clip_x0=clip_x0)
 
     @torch.inference_mode()
     def fuse_inverted(
@@ -198,14 +200,15 @@ class FusionPipeline:
     ) -> torch.Tensor:
         """Fuse the N inverted images of ``inv`` by ``mode`` and regenerate from step index ``skip``: [C, H, W]."""
         n = inv.xs.shape[1]
-        per_image = [Inversion(inv.timesteps, inv.xs[:, i : i + 1], inv.zs[:, i : i + 1], inv.eta) for i in range(n)]
+        per_image = [Inversion(inv.timesteps, inv.xs[:, i : i + 1], inv.zs[:, i : i + 1], inv.eta, inv.clip_x0) for i in range(n)]
         if n == 1 or (mode != "mask" and (torch.as_tensor(weights) == 1).any()):
             # one image (or all weight on one): its own chain, i.e. the inversion check
             k = int(torch.as_tensor(weights).argmax()) if len(per_image) > 1 else 0
             x_start, zs = per_image[k].xs[skip], per_image[k].zs
         else:
             x_start, zs = fuse_inversions(per_image, weights, mode, skip=skip, mask=mask, slerp=slerp)
-        fused = regenerate(self._unconditional_denoiser(), self.schedule, x_start, zs, inv.timesteps, eta=inv.eta, skip=skip)
+        denoiser = self._unconditional_denoiser()
+        fused = regenerate(denoiser, self.schedule, x_start, zs, inv.timesteps, eta=inv.eta, skip=skip, clip_x0=inv.clip_x0)
         return fused[0].clamp(-1, 1).float()
 
     def zero_shot(

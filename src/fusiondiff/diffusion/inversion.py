@@ -34,12 +34,15 @@ class Inversion:
         zs: [K, B, C, H, W], the noise map of each step (``zs[i]`` takes ``xs[i]`` to ``xs[i+1]``;
             the last one to the image).
         eta: the η the maps were computed with (regenerate with the same).
+        clip_x0: whether x̂0 was clipped to [-1, 1] (regenerate with the same). Clipping keeps the step
+            means bounded where ᾱ ≈ 0, which matters when maps of different images are mixed.
     """
 
     timesteps: list[int]
     xs: torch.Tensor
     zs: torch.Tensor
     eta: float
+    clip_x0: bool = False
 
 
 def inversion_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
@@ -89,7 +92,7 @@ def invert(
         mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(t).item(), prevs[i], eta)
         target = xs[i + 1] if i + 1 < len(ts) else x0
         zs[i] = (target - mean) / sigma
-    return Inversion(ts, xs, zs, eta)
+    return Inversion(ts, xs, zs, eta, clip_x0)
 
 
 @torch.no_grad()

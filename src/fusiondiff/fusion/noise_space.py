@@ -147,7 +147,8 @@ def fuse_inversions(
         raise ValueError("noise-space fusion needs at least two inversions")
     first = inversions[0]
     for inv in inversions[1:]:
-        if inv.timesteps != first.timesteps or inv.eta != first.eta or inv.zs.shape != first.zs.shape:
+        same = inv.timesteps == first.timesteps and inv.eta == first.eta and inv.clip_x0 == first.clip_x0
+        if not same or inv.zs.shape != first.zs.shape:
             raise ValueError("all inversions must share timesteps, eta and image size (invert them as one batch)")
     k = len(first.timesteps)
     if not 0 <= skip < k:
