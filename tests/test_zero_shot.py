@@ -88,3 +88,9 @@ def test_bad_inputs(prior, images, tmp_path):
     with pytest.raises(ValueError, match="unconditional model"):
         run("null", images[:2], out)  # ckpt=null: the shipped bundle, which is conditional
     assert not out.exists()
+
+
+def test_unconditional_model_is_refused_by_conditional_fusion(prior, images, tmp_path):
+    cfg = compose_config("infer", [f"ckpt={prior}", f"inputs=[{images[0]},{images[1]}]", f"output={tmp_path / 'x.png'}"])
+    with pytest.raises(ValueError, match="mode=noise_fusion"):
+        infer(cfg)

@@ -147,6 +147,8 @@ class FusionPipeline:
         sample_fn = get_sampler(sampler)
         check_image_tensor(sources, "sources")
         expected = self.config.get("net", {}).get("num_sources")
+        if expected == 0:
+            raise ValueError("this is an unconditional model (task=unconditional): fuse with mode=noise_fusion / zero_shot()")
         if expected and sources.shape[1] != expected:
             raise ValueError(f"this model fuses {expected} sources, got {sources.shape[1]}")
         sources = sources.to(self.device, torch.float32)
