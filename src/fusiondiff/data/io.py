@@ -78,7 +78,7 @@ def to_channels(image: torch.Tensor, channels: int | None, name: str = "image") 
     if channels == 3 and c == 1:
         return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).clone()
     if channels == 1 and c == 3:
-        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype).reshape(3, 1, 1)
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).reshape(3, 1, 1)
         return (image * weights).sum(dim=-3, keepdim=True)
     raise ImageError(f"{name} has {c} channels; cannot convert to {channels}")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fusiondiff.data.io import to_channels
 from fusiondiff.filters import blur, box_mean, gaussian_kernel
 
 Tensor = torch.Tensor
@@ -34,10 +35,7 @@ def _batched(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 def _gray(x: Tensor) -> Tensor:
     """[..., C, H, W] -> [..., 1, H, W] luma (BT.601) or the gray channel."""
-    if x.shape[-3] == 1:
-        return x
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).reshape(3, 1, 1)
-    return (x * w).sum(-3, keepdim=True)
+    return to_channels(x, 1)
 
 
 def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float) -> Tensor:

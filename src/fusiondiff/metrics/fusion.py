@@ -428,14 +428,17 @@ def qcb_liu(a: Tensor, b: Tensor, f: Tensor) -> Tensor:
 
 
 def _ssim_maps_7(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    g = torch.arange(7, dtype=torch.float64, device=x.device) - 3
-    g = torch.exp(-(g**2) / (2 * 1.5**2))
-    win = g[:, None] * g[None, :]
-    win = (win / win.sum())[None, None]
+    from fusiondiff.metrics.reference import gaussian_1d
+
+    g = gaussian_1d(7, 1.5).to(x.device)
+
+    def win(z: Tensor) -> Tensor:
+        return separable_correlate(z, g, padding=0)
+
     c = 2e-16
-    mx, my = F.conv2d(x, win), F.conv2d(y, win)
-    vx, vy = F.conv2d(x * x, win) - mx**2, F.conv2d(y * y, win) - my**2
-    cxy = F.conv2d(x * y, win) - mx * my
+    mx, my = win(x), win(y)
+    vx, vy = win(x * x) - mx**2, win(y * y) - my**2
+    cxy = win(x * y) - mx * my
     smap = ((2 * mx * my + c) * (2 * cxy + c)) / ((mx**2 + my**2 + c) * (vx + vy + c))
     return smap, vx, vy
 

@@ -32,7 +32,7 @@ def psnr(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
     return out[0] if unbatched else out
 
 
-def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Normalised 1-D Gaussian; the 2-D SSIM window is its outer product."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
@@ -53,7 +53,7 @@ def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
         raise ValueError(f"SSIM needs images of at least 11x11 px, got {h}x{w}")
     from fusiondiff.metrics.fusion import separable_correlate
 
-    g = _gaussian_1d().to(x.device)
+    g = gaussian_1d().to(x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 
     def filt(z: torch.Tensor) -> torch.Tensor:
