@@ -56,3 +56,48 @@ def write_tiny_bundle(
     meta = {"net": net_cfg, "schedule": {"name": "cosine", "num_timesteps": num_timesteps}, **config}
     save_file(net.state_dict(), str(path), metadata={"fusiondiff": json.dumps(meta)})
     return path
+
+
+def write_tiny_diffusers_pixel(path: Path, num_timesteps: int = 100) -> Path:
+    """A random 2-level diffusers UNet2DModel + DDPMScheduler, saved as a pipeline directory."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)  # fmt: skip
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=num_timesteps)).save_pretrained(path)
+    return path
+
+
+def write_tiny_stable_diffusion(path: Path, num_timesteps: int = 100, prediction_type: str = "epsilon") -> Path:
+    """A random Stable Diffusion pipeline (VAE with 2x downsampling, 1-layer CLIP text encoder with a
+    character vocabulary, 2-level conditional U-Net), saved as a pipeline directory: offline, seconds."""
+    import string
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    chars = string.ascii_lowercase + string.digits
+    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    # transformers 5: vocab=/merges= objects (vocab_file= keywords would silently give an empty vocabulary)
+    tokenizer = CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=16)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokens), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, max_position_embeddings=16, projection_dim=16,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))  # fmt: skip
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=32)  # fmt: skip
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                norm_num_groups=4, attention_head_dim=2)  # fmt: skip
+    scheduler = DDIMScheduler(num_train_timesteps=num_timesteps, beta_schedule="scaled_linear", clip_sample=False,
+                              steps_offset=1, prediction_type=prediction_type)  # fmt: skip
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.save_pretrained(path)
+    return path

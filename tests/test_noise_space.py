@@ -66,6 +66,17 @@ def test_feature_selective_prefers_the_larger_magnitude():
     assert out[0, 0].item() == pytest.approx(3.0, rel=1e-3) and out[0, 1].item() == pytest.approx(-3.0, rel=1e-3)
 
 
+def test_feature_selective_keeps_unit_variance_and_selects_by_local_magnitude():
+    gen = torch.Generator().manual_seed(3)
+    maps = torch.randn(2, 1, 3, 96, 96, generator=gen, dtype=torch.float64)
+    for r in (0.3, 0.5, 0.8):
+        assert mix_feature_selective(maps, ratio_weights(r)).std().item() == pytest.approx(1.0, abs=0.02)
+    maps[0, ..., :48] *= 4  # A carries the detail on the left, B (equal) on the right
+    out = mix_feature_selective(maps, ratio_weights(0.5))
+    assert (out[..., :44] - maps[0, ..., :44]).abs().mean() < 0.05
+    assert (out[..., 52:] - maps[0, ..., 52:]).abs().mean() > 0.3
+
+
 def test_cross_fade_direction():
     assert [cross_fade_weight(k, 5, 0.0) for k in range(5)] == [0.0] * 5
     assert [cross_fade_weight(k, 5, 1.0) for k in range(5)] == [1.0] * 5

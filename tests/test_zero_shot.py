@@ -25,7 +25,7 @@ def images(tmp_path):
 
 def run(prior, images, out, *extra):
     inputs = f"inputs=[{','.join(map(str, images))}]"
-    overrides = ["mode=noise_fusion", f"ckpt={prior}", inputs, f"output={out}", "fusion.steps=10", *extra]
+    overrides = ["mode=noise_fusion", f"prior={prior}", inputs, f"output={out}", "fusion.steps=10", *extra]
     return infer(compose_config("infer", overrides))
 
 
@@ -85,8 +85,9 @@ def test_bad_inputs(prior, images, tmp_path):
     small = save_png(tmp_path / "small.png", synthetic_triplet(1, 16, 16)[2])
     with pytest.raises(ValueError, match="differ in size"):
         run(prior, [images[0], small], out)
+    conditional = write_tiny_bundle(tmp_path / "conditional.safetensors", num_sources=2)
     with pytest.raises(ValueError, match="unconditional model"):
-        run("null", images[:2], out)  # ckpt=null: the shipped bundle, which is conditional
+        run(conditional, images[:2], out)
     assert not out.exists()
 
 

@@ -19,10 +19,9 @@ from torch import nn
 
 from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
-from fusiondiff.diffusion.inversion import Inversion, inversion_timesteps, invert, regenerate
 from fusiondiff.diffusion.parameterization import from_diffused
 from fusiondiff.diffusion.samplers import SPACINGS
-from fusiondiff.fusion.noise_space import fuse_inversions, ratio_weights
+from fusiondiff.fusion.noise_space import ratio_weights
 
 BUNDLE_FORMAT = 1
 # Only networks from these modules are built from a file's config (a bundle is data, not code).
@@ -165,54 +164,6 @@ class FusionPipeline:
         fused = from_diffused(fused, sources, bool(self.config.get("residual", False)))
         return fused[0] if unbatched else fused
 
-    def _unconditional_denoiser(self) -> EpsDenoiser:
-        if self.config.get("net", {}).get("num_sources", 0):
-            raise ValueError(
-                "zero-shot fusion needs an unconditional model (train one with task=unconditional, "
-                "e.g. experiment=unconditional_quickstart); this one is conditional"
-            )
-        return EpsDenoiser(self.net, self.schedule, self.config.get("prediction", "eps"))
-
-    @torch.inference_mode()
-    def invert_images(
-        self, images: torch.Tensor, steps: int = 50, eta: float = 1.0, seed: int = 0, clip_x0: bool = True
-    ) -> Inversion:
-        """Edit-friendly inversion of N images [N, C, H, W] in [-1, 1] as one batch (one model call per step).
-
-        The chain runs in float64 (the network in its own dtype), so regeneration is exact to ~1e-12
-        up to the network's own batch-size-dependent rounding.
-        """
-        denoiser = self._unconditional_denoiser()
-        check_image_tensor(images, "images")
-        if images.dim() != 4 or images.shape[0] < 1:
-            raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
-        ts = inversion_timesteps(self.schedule.num_timesteps, steps)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        return invert(denoiser, self.schedule, images.to(self.device, torch.float64), ts, eta=eta, generator=gen, clip_x0=clip_x0)
-
-    @torch.inference_mode()
-    def fuse_inverted(
-        self,
-        inv: Inversion,
-        weights: list[float] | torch.Tensor,
-        mode: str = "linear",
-        skip: int = 0,
-        mask: torch.Tensor | None = None,
-        slerp: bool = False,
-    ) -> torch.Tensor:
-        """Fuse the N inverted images of ``inv`` by ``mode`` and regenerate from step index ``skip``: [C, H, W]."""
-        n = inv.xs.shape[1]
-        per_image = [Inversion(inv.timesteps, inv.xs[:, i : i + 1], inv.zs[:, i : i + 1], inv.eta, inv.clip_x0) for i in range(n)]
-        if n == 1 or (mode != "mask" and (torch.as_tensor(weights) == 1).any()):
-            # one image (or all weight on one): its own chain, i.e. the inversion check
-            k = int(torch.as_tensor(weights).argmax()) if len(per_image) > 1 else 0
-            x_start, zs = per_image[k].xs[skip], per_image[k].zs
-        else:
-            x_start, zs = fuse_inversions(per_image, weights, mode, skip=skip, mask=mask, slerp=slerp)
-        denoiser = self._unconditional_denoiser()
-        fused = regenerate(denoiser, self.schedule, x_start, zs, inv.timesteps, eta=inv.eta, skip=skip, clip_x0=inv.clip_x0)
-        return fused[0].clamp(-1, 1).float()
-
     def zero_shot(
         self,
         images: torch.Tensor,
@@ -229,8 +180,11 @@ class FusionPipeline:
 
         ``ratio`` r gives two images the weights (1 - r, r); ``weights`` gives N images theirs.
         """
+        from fusiondiff.priors import OwnPrior
+        from fusiondiff.zero_shot import NoiseSpaceFusion
+
         if images.dim() != 4 or images.shape[0] < 2:
             raise ValueError(f"images must be [N, C, H, W] with N >= 2, got {tuple(images.shape)}")
         w = weights if weights is not None else ratio_weights(float(ratio))
-        inv = self.invert_images(images, steps, eta, seed)
-        return self.fuse_inverted(inv, w, mode, skip, mask)
+        fuser = NoiseSpaceFusion(OwnPrior(self.net, self.schedule, self.config))
+        return fuser.fuse(fuser.invert(images, steps, eta, seed), w, mode, skip, mask)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,36 +62,133 @@ def load_mask(spec: str, height: int, width: int) -> torch.Tensor:
     return mask.double()
 
 
+# keys of the original edit-friendly-DDPM tool's YAML (a list of entries) -> ours
+YAML_KEYS = {
+    "init_img": "first image",
+    "second_image": "second image",
+    "second_img": "second image",
+    "images": "all images (N >= 2), instead of init_img / second_image",
+    "source_prompt": "fusion.prompt_src",
+    "target_prompts": "fusion.prompt_tar (one output per prompt)",
+    "target_prompt": "fusion.prompt_tar",
+    "fusion_ratio": "fusion.ratio",
+    "fusion_mode": "fusion.mode",
+    "skip": "fusion.skip",
+    "cfg_src": "fusion.cfg_src",
+    "cfg_tar": "fusion.cfg_tar",
+    "num_diffusion_steps": "fusion.steps",
+    "eta": "fusion.eta",
+    "weights": "fusion.weights",
+    "output": "output",
+}
+
+
+@dataclass
+class NoiseFusionJob:
+    images: list[Path]
+    output: Path
+    fusion: dict
+
+
+def jobs_from_yaml(path: str | Path, fusion: dict, output: Path) -> list[NoiseFusionJob]:
+    """Jobs from a YAML in the original tool's format: one entry (or a list) with ``init_img``,
+    ``second_image``, ``source_prompt``, ``target_prompts`` and optional per-entry settings."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"fusion.input_yaml not found: {path}")
+    entries = yaml.safe_load(path.read_text())
+    entries = [entries] if isinstance(entries, dict) else entries
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ValueError(f"{path}: expected a mapping or a list of mappings with init_img, second_image, source_prompt, ...")
+    jobs = []
+    for k, entry in enumerate(entries):
+        unknown = sorted(set(entry) - set(YAML_KEYS))
+        if unknown:
+            raise ValueError(f"{path}, entry {k}: unknown key(s) {unknown}; known: {', '.join(YAML_KEYS)}")
+        if "images" in entry:
+            images = list(entry["images"])
+        else:
+            second = entry.get("second_image", entry.get("second_img"))
+            if "init_img" not in entry or second is None:
+                raise ValueError(f"{path}, entry {k}: give init_img and second_image (or images: [...])")
+            images = [entry["init_img"], second]
+        images = [Path(p) if Path(p).is_absolute() else path.parent / p for p in images]
+        settings = dict(fusion)
+        for key, ours in (("fusion_ratio", "ratio"), ("fusion_mode", "mode"), ("skip", "skip"), ("cfg_src", "cfg_src"),
+                          ("cfg_tar", "cfg_tar"), ("num_diffusion_steps", "steps"), ("eta", "eta"),
+                          ("weights", "weights"), ("source_prompt", "prompt_src")):  # fmt: skip
+            if key in entry:
+                settings[ours] = entry[key]
+        targets = entry.get("target_prompts", entry.get("target_prompt"))
+        targets = [targets] if isinstance(targets, str) or targets is None else list(targets)
+        base = Path(entry.get("output", output))
+        for j, target in enumerate(targets):
+            name = base if len(entries) == 1 and len(targets) == 1 else base.with_name(f"{base.stem}_{k}_{j}{base.suffix}")
+            jobs.append(NoiseFusionJob(images, name, {**settings, "prompt_tar": target}))
+    return jobs
+
+
 def noise_fusion(cfg: DictConfig) -> list[Path]:
-    """Zero-shot fusion of ``cfg.inputs`` in the noise space of the unconditional prior ``cfg.ckpt``."""
+    """Zero-shot fusion of ``cfg.inputs`` (or the jobs of ``fusion.input_yaml``) in the noise space of ``cfg.prior``."""
     from fusiondiff.fusion.noise_space import MODES, ratio_weights
     from fusiondiff.metrics import psnr
+    from fusiondiff.priors import load_prior
+    from fusiondiff.zero_shot import NoiseSpaceFusion, Prompts
 
-    f = cfg.fusion
-    if f.mode not in MODES:
-        raise ValueError(f"unknown fusion.mode {f.mode!r}; valid: {', '.join(MODES)}")
-    if not cfg.inputs or len(cfg.inputs) < 2:
-        raise ValueError("mode=noise_fusion needs inputs=[a.png,b.png,...] (two or more images)")
-    pipe = FusionPipeline.from_file(cfg.ckpt, device=resolve_device(cfg.device))
-    paths = [Path(p) for p in cfg.inputs]
-    images = load_sources(paths, channels=pipe.channels, resize=cfg.resize)
-    weights = list(f.weights) if f.weights else ratio_weights(float(f.ratio)).tolist()
-    if len(weights) != len(paths):
-        raise ValueError(f"{len(weights)} weights for {len(paths)} images (set fusion.weights=[...] for N > 2)")
-    mask = load_mask(f.mask, *images.shape[-2:]) if f.mode == "mask" and f.mask else None
-    start = time.perf_counter()
-    inv = pipe.invert_images(images, steps=f.steps, eta=f.eta, seed=cfg.seed)
-    fused = pipe.fuse_inverted(inv, weights, f.mode, skip=f.skip, mask=mask)
-    out = Path(cfg.output)
-    written = [write_image(out, fused, bit_depth=cfg.bit_depth)]
-    log.info("noise fusion (%s, weights %s, skip %d) -> %s (%.1f s)", f.mode, weights, f.skip, out, time.perf_counter() - start)
-    if f.save_reconstructions:
-        for i, path in enumerate(paths):
-            one_hot = [1.0 if j == i else 0.0 for j in range(len(paths))]
-            rec = pipe.fuse_inverted(inv, one_hot, "linear")
-            rec_path = out.with_name(f"{out.stem}_reconstruction_{i + 1}{out.suffix}")
-            written.append(write_image(rec_path, rec, bit_depth=cfg.bit_depth))
-            log.info("inversion check: %s regenerated with PSNR %.2f dB -> %s", path.name, psnr(rec, images[i]).item(), rec_path)
+    if cfg.ckpt:
+        raise ValueError("mode=noise_fusion takes its model from prior=... (ckpt= is for mode=fuse)")
+    fusion = OmegaConf.to_container(cfg.fusion, resolve=True)
+    input_yaml = fusion.pop("input_yaml", None)
+    if input_yaml:
+        if cfg.inputs:
+            raise ValueError("give either inputs=[...] or fusion.input_yaml=..., not both")
+        jobs = jobs_from_yaml(input_yaml, fusion, Path(cfg.output))
+    else:
+        if not cfg.inputs or len(cfg.inputs) < 2:
+            raise ValueError("mode=noise_fusion needs inputs=[a.png,b.png,...] (two or more images) or fusion.input_yaml=...")
+        jobs = [NoiseFusionJob([Path(p) for p in cfg.inputs], Path(cfg.output), fusion)]
+    for job in jobs:  # validate everything before the (slow) model load
+        f = job.fusion
+        if f["mode"] not in MODES:
+            raise ValueError(f"unknown fusion.mode {f['mode']!r}; valid: {', '.join(MODES)}")
+        f["weights"] = list(f["weights"]) if f["weights"] else ratio_weights(float(f["ratio"])).tolist()
+        if len(f["weights"]) != len(job.images):
+            raise ValueError(f"{len(f['weights'])} weights for {len(job.images)} images (set fusion.weights=[...] for N > 2)")
+        if not 0 <= f["skip"] < f["steps"]:
+            raise ValueError(f"fusion.skip must be in 0..{f['steps'] - 1} (fusion.steps={f['steps']}), got {f['skip']}")
+    prior = load_prior(cfg.prior, device=resolve_device(cfg.device))
+    log.info("prior: %s", prior.name)
+    written = []
+    for job in jobs:
+        f = job.fusion
+        fuser = NoiseSpaceFusion(prior, Prompts(f["prompt_src"] or "", f["prompt_tar"], float(f["cfg_src"]), f["cfg_tar"]))
+        images = load_sources(job.images, channels=prior.channels, resize=cfg.resize)
+        mask = load_mask(f["mask"], *images.shape[-2:]) if f["mode"] == "mask" and f["mask"] else None
+        start = time.perf_counter()
+        inv = fuser.invert(images, steps=f["steps"], eta=f["eta"], seed=cfg.seed)
+        t_inv = time.perf_counter() - start
+        fused, frames = fuser.fuse(inv, f["weights"], f["mode"], skip=f["skip"], mask=mask, slerp=f["slerp"],
+                                   strip_frames=f["strip_frames"] if f["save_strip"] else 0)  # fmt: skip
+        out = job.output
+        written.append(write_image(out, fused, bit_depth=cfg.bit_depth))
+        log.info(
+            "noise fusion (%s, weights %s, skip %d) -> %s (inversion %.2f s/step for %d images, total %.1f s)",
+            f["mode"], [round(w, 3) for w in f["weights"]], f["skip"], out, t_inv / f["steps"], len(job.images),
+            time.perf_counter() - start,
+        )  # fmt: skip
+        if frames:
+            strip_path = out.with_name(f"{out.stem}_strip{out.suffix}")
+            written.append(write_image(strip_path, torch.cat(frames, dim=-1), bit_depth=cfg.bit_depth))
+            log.info("x0 estimates at %d of the %d regeneration steps -> %s", len(frames), f["steps"] - f["skip"], strip_path)
+        if f["save_reconstructions"]:
+            recs = fuser.reconstruct(inv).cpu()
+            for i, path in enumerate(job.images):
+                rec_path = out.with_name(f"{out.stem}_reconstruction_{i + 1}{out.suffix}")
+                written.append(write_image(rec_path, recs[i], bit_depth=cfg.bit_depth))
+                score = psnr(recs[i], images[i]).item()
+                log.info("inversion check: %s regenerated with PSNR %.2f dB -> %s", path.name, score, rec_path)
     return written
 
 

@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from fusiondiff.diffusion.samplers import Denoiser, _check_timesteps, _denoise, ddim_mean_sigma, respace_timesteps
+from fusiondiff.diffusion.samplers import (
+    Denoiser,
+    StepCallback,
+    _check_timesteps,
+    _denoise,
+    ddim_mean_sigma,
+    respace_timesteps,
+)
 from fusiondiff.diffusion.schedules import NoiseSchedule
 
 
@@ -106,10 +113,12 @@ def regenerate(
     eta: float = 1.0,
     skip: int = 0,
     clip_x0: bool = False,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run the reverse chain from ``x_start`` (= ``xs[skip]``) with the maps ``zs`` (all K of them).
 
     ``skip`` starts at step index ``skip`` (the paper's T_skip): the first ``skip`` maps are unused.
+    ``callback(i, t, x_t, x0_hat)`` sees every visited step (e.g. to save a strip of intermediates).
     """
     ts = _check_timesteps(schedule, timesteps)
     if zs.shape[0] != len(ts):
@@ -120,6 +129,8 @@ def regenerate(
     x = x_start
     for i in range(skip, len(ts)):
         eps, x0_hat = _denoise(denoiser, schedule, x, ts[i], cond, clip_x0)
+        if callback is not None:
+            callback(i, ts[i], x, x0_hat)
         mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(ts[i]).item(), prevs[i], eta)
         x = mean + sigma * zs[i]
     return x

@@ -11,8 +11,9 @@ Rules:
   (plain mixing at r = 0.5 shrinks it to 0.71x); ``slerp=True`` interpolates on the sphere instead.
 * ``cross_fade``: B's weight moves along diffusion time, from A's structure (noisy steps) to B's
   texture (clean steps); r shifts the crossover: r = 0.5 is a linear ramp over the steps.
-* ``feature_selective``: per location and channel, the map with the larger weighted magnitude
-  wins (soft selection ∝ w_i |z_i|^sharpness), renormalised per element to keep the variance.
+* ``feature_selective``: per location, the map with the larger weighted local magnitude wins (soft
+  selection ∝ w_i rms_i^sharpness over the channels and the 9x9 window around it, the element itself
+  excluded), renormalised to keep the variance.
 * ``layer_selective``: first third of the steps (structure) all from the image the ratio favours,
   middle third ``linear``, last third ``feature_selective``.
 * ``mask``: a spatial mask in [0, 1] (1 = image A), e.g. :func:`half_mask`, mixed variance-preservingly.
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from fusiondiff.diffusion.inversion import Inversion
 
@@ -67,10 +69,26 @@ def mix_linear(maps: Tensor, weights: Tensor, slerp: bool = False) -> Tensor:
     return (_bcast(w, maps) * maps).sum(0) / w.pow(2).sum().sqrt().to(maps.dtype)
 
 
-def mix_feature_selective(maps: Tensor, weights: Tensor, sharpness: float = 4.0) -> Tensor:
-    """Per element, soft selection of the map with the largest w_i |z_i|; variance-preserving."""
+def mix_feature_selective(maps: Tensor, weights: Tensor, sharpness: float = 4.0, radius: int = 4) -> Tensor:
+    """Per location, soft selection of the map with the larger weighted local magnitude; variance-preserving.
+
+    The magnitude is the RMS of each map over the channels and the (2r+1)² window around a location,
+    **without** the element itself: the selection is smooth in space and independent of the value it
+    selects, so for independent unit-variance maps Σ a_i z_i / sqrt(Σ a_i²) keeps unit variance exactly.
+    Weights a_i ∝ w_i·rms_i^sharpness. Selecting the larger |z| per element (and per channel) instead
+    inflates the std to ~1.27 and gives grain and colour noise (see NOTES.md). Maps without two spatial
+    dims fall back to per-element |z_i|.
+    """
     w = _bcast(weights.to(maps.device), maps)
-    score = w * maps.abs().pow(sharpness)
+    energy = maps.pow(2)
+    if maps.dim() >= 4 and radius > 0:
+        energy = energy.mean(-3, keepdim=True)  # one selection for all channels of a location
+        flat = energy.reshape(-1, 1, *maps.shape[-2:])
+        ring = torch.ones(1, 1, 2 * radius + 1, 2 * radius + 1, dtype=maps.dtype, device=maps.device)
+        ring[..., radius, radius] = 0
+        count = F.conv2d(torch.ones_like(flat[:1]), ring, padding=radius)
+        energy = (F.conv2d(flat, ring, padding=radius) / count).reshape(energy.shape).expand_as(maps)
+    score = w * energy.pow(sharpness / 2)
     total = score.sum(0, keepdim=True)
     sel = torch.where(total > 0, score / total.clamp_min(1e-300), w.expand_as(score))
     return (sel * maps).sum(0) / sel.pow(2).sum(0).sqrt().clamp_min(1e-12)
