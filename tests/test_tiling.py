@@ -38,3 +38,30 @@ def test_windows_never_exceed_the_window_size():
 
     tiled_denoiser(spy, window=24)(torch.zeros(1, 1, 50, 80), torch.tensor([0]), None)
     assert seen and all(h <= 24 and w <= 24 for h, w in seen)
+
+
+def test_one_window_covering_the_image_is_the_plain_denoiser():
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    den = lambda x, t, cond: net(x)
+    x = torch.randn(1, 3, 20, 30)
+    with torch.no_grad():
+        assert torch.equal(tiled_denoiser(den, window=32)(x, torch.tensor([1]), None), den(x, None, None))
+
+
+def test_no_seams_for_a_translation_equivariant_denoiser():
+    """A 5x5 blur differs from its windowed version only within 2 px of a window edge, where the
+    smooth blending weights are small: no visible seam."""
+    kernel = torch.ones(3, 1, 5, 5) / 25
+    den = lambda x, t, cond: torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), kernel, groups=3
+    )
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.randn(1, 3, 12, 16, generator=g), (96, 128), mode="bicubic")
+    full = den(x, None, None)
+    tiled = tiled_denoiser(den, window=32, stride=16, blend="smooth")(x, torch.tensor([0]), None)
+    err = (tiled - full).abs()
+    assert err.mean() < 1e-2 * full.abs().mean() and err.max() < 0.03 * full.abs().max()
+    # the largest step between neighbouring pixels barely grows (a seam would double it, as uniform blending does)
+    assert tiled.diff(dim=-1).abs().max() <= 1.2 * full.diff(dim=-1).abs().max()
+    uniform = tiled_denoiser(den, window=32, stride=16, blend="uniform")(x, torch.tensor([0]), None)
+    assert uniform.diff(dim=-1).abs().max() > 1.5 * full.diff(dim=-1).abs().max()

@@ -158,10 +158,12 @@ class FusionPipeline:
             denoiser = tiled_denoiser(denoiser, tile_size, tile_size - tile_overlap, batch=tile_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         ts = respace_timesteps(self.schedule.num_timesteps, steps, spacing)
+        b, _, _, h, w = sources.shape
         fused = sample_fn(
-            denoiser, self.schedule, sources, ts, generator=gen, clip_x0=clip_x0, callback=callback, **sampler_options
-        )
-        fused = from_diffused(fused, sources, bool(self.config.get("residual", False)))
+            denoiser, self.schedule, sources, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
+            callback=callback, **sampler_options,
+        )  # fmt: skip
+        fused = from_diffused(fused, sources, self.config.get("residual", False))
         return fused[0] if unbatched else fused
 
     def zero_shot(

@@ -68,20 +68,37 @@ class EpsDenoiser(nn.Module):
         return eps_from_output(self.schedule, self.prediction, x_t, t, out)
 
 
-def residual_base(sources: torch.Tensor) -> torch.Tensor:
-    """Mean of the sources [B, N, C, H, W] -> [B, C, H, W]: the base of residual diffusion."""
+RESIDUALS = (False, True, "mean", "hdr_merge")
+
+
+def check_residual(residual: bool | str) -> bool | str:
+    if residual not in RESIDUALS:
+        raise ValueError(f"unknown residual {residual!r}; valid: false, true (= mean), mean, hdr_merge")
+    return residual
+
+
+def residual_base(sources: torch.Tensor, residual: bool | str = "mean") -> torch.Tensor:
+    """The base the diffusion's residual is taken against, from sources [B, N, C, H, W] -> [B, C', H, W].
+
+    ``mean`` (or True): the mean of the sources (multi-focus). ``hdr_merge``: the μ-law tonemapped
+    exposure-weighted merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`).
+    """
+    if residual == "hdr_merge":
+        from fusiondiff.data.hdr import merge_estimate
+
+        return merge_estimate(sources)
     return sources.mean(1)
 
 
-def to_diffused(target: torch.Tensor, sources: torch.Tensor, residual: bool) -> torch.Tensor:
-    """The variable the diffusion runs on: the image, or its residual to the mean of the sources.
+def to_diffused(target: torch.Tensor, sources: torch.Tensor, residual: bool | str) -> torch.Tensor:
+    """The variable the diffusion runs on: the image, or its residual to a base computed from the sources.
 
     Residual diffusion (as in residual-learning fusion models, e.g. Rif-Diff) starts the model at
-    the quality of averaging and leaves it only the correction to learn.
+    the quality of the base (averaging for multi-focus) and leaves it only the correction to learn.
     """
-    return target - residual_base(sources) if residual else target
+    return target - residual_base(sources, check_residual(residual)) if residual else target
 
 
-def from_diffused(sample: torch.Tensor, sources: torch.Tensor, residual: bool) -> torch.Tensor:
+def from_diffused(sample: torch.Tensor, sources: torch.Tensor, residual: bool | str) -> torch.Tensor:
     """Inverse of :func:`to_diffused`, clamped to the image range [-1, 1]."""
-    return (sample + residual_base(sources) if residual else sample).clamp(-1, 1)
+    return (sample + residual_base(sources, check_residual(residual)) if residual else sample).clamp(-1, 1)

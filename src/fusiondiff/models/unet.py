@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,7 @@ class ConditionalUNet(nn.Module):
         num_res_blocks: int = 2,
         attention_levels: Sequence[int] = (),
         dropout: float = 0.0,
+        source_channels: int | None = None,
     ) -> None:
         super().__init__()
         if num_sources < 0 or image_channels < 1 or not channel_mult or num_res_blocks < 1:
@@ -99,12 +101,14 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"attention_levels {bad} out of range 0..{len(channel_mult) - 1}")
         self.image_channels = image_channels
         self.num_sources = num_sources
+        self.source_channels = image_channels if source_channels is None else source_channels
+        self.widths = [base_channels * m for m in channel_mult]
         self.base_channels = base_channels
         self.factor = 2 ** (len(channel_mult) - 1)
         emb_dim = 4 * base_channels
 
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.input_conv = nn.Conv2d(image_channels * (num_sources + 1), base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d(self.source_channels * num_sources + image_channels, base_channels, 3, padding=1)
 
         # Level i maps widths[i] -> widths[i+1] in its first block and leaves one skip at its
         # end; the way up mirrors it (cat with that skip, back to widths[i]). This is the layout
@@ -165,6 +169,14 @@ class ConditionalUNet(nn.Module):
             return h
         return stage(h)
 
+    def condition_features(self, cond: torch.Tensor) -> Any:
+        """Features computed once per call from the (padded) sources [B, N*Cs, H, W]; None here."""
+        return None
+
+    def modulate(self, level: int, hidden: torch.Tensor, context: Any) -> torch.Tensor:
+        """Hook applied to the features at the end of each encoder level (identity here; SFT in subclasses)."""
+        return hidden
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x_t.shape
         if c != self.image_channels:
@@ -174,10 +186,11 @@ class ConditionalUNet(nn.Module):
                 raise ValueError(f"this network needs {self.num_sources} source images as cond")
             if cond.dim() == 5:
                 cond = cond.flatten(1, 2)
-            if cond.shape[1] != self.num_sources * c or cond.shape[-2:] != x_t.shape[-2:] or cond.shape[0] != b:
+            sc = self.source_channels
+            if cond.shape[1] != self.num_sources * sc or cond.shape[-2:] != x_t.shape[-2:] or cond.shape[0] != b:
                 raise ValueError(
-                    f"cond has shape {tuple(cond.shape)}; expected [{b}, {self.num_sources}, {c}, {h}, {w}] "
-                    f"({self.num_sources} sources of {c} channels at the size of x_t)"
+                    f"cond has shape {tuple(cond.shape)}; expected [{b}, {self.num_sources}, {sc}, {h}, {w}] "
+                    f"({self.num_sources} sources of {sc} channels at the size of x_t)"
                 )
             inp = torch.cat([cond.to(x_t.dtype), x_t], dim=1)
         else:
@@ -189,11 +202,13 @@ class ConditionalUNet(nn.Module):
             inp = F.pad(inp, (0, pw, 0, ph), mode="reflect")
 
         emb = self.time_mlp(timestep_embedding(t.to(x_t.device), self.base_channels).to(x_t.dtype))
+        context = self.condition_features(inp[:, : inp.shape[1] - c]) if self.num_sources else None
         hidden = self.input_conv(inp)
         skips = []
         for stage in self.down:
             hidden = self._run_stage(stage, hidden, emb)
             if isinstance(stage, nn.ModuleList):
+                hidden = self.modulate(len(skips), hidden, context)
                 skips.append(hidden)
         for block in self.mid:
             hidden = block(hidden, emb) if isinstance(block, ResBlock) else block(hidden)

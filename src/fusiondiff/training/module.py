@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, training_target
-from fusiondiff.diffusion.parameterization import check_prediction, from_diffused, to_diffused
+from fusiondiff.diffusion.parameterization import check_prediction, check_residual, eps_from_output, from_diffused, to_diffused
 from fusiondiff.metrics import psnr, ssim
 
 
@@ -43,7 +43,10 @@ class DiffusionFusionModule(L.LightningModule):
             the EMA weights are used for validation and export.
         val_sampler, val_steps: sampler name and step count for validation samples (seeded).
         prediction: what the network predicts: ``eps`` (FusionDiff), ``x0`` or ``v``.
-        residual: diffuse ``target - mean(sources)`` instead of the target (see ``to_diffused``).
+        residual: diffuse ``target - base(sources)`` instead of the target: ``mean`` (or true) or
+            ``hdr_reference`` (see ``to_diffused``).
+        image_loss_weight: weight λ of an L1 loss on the x̂0 implied by the network output (in the
+            target's domain, e.g. μ-law tonemapped HDR), added to the MSE (the HDR image-space loss).
         bundle_config: plain dict describing how to rebuild net and schedule (stored in checkpoints
             so :func:`fusiondiff.training.export.export_bundle` needs nothing else).
     """
@@ -60,12 +63,16 @@ class DiffusionFusionModule(L.LightningModule):
         val_seed: int = 0,
         num_preview: int = 4,
         prediction: str = "eps",
-        residual: bool = False,
+        residual: bool | str = False,
+        image_loss_weight: float = 0.0,
         bundle_config: dict | None = None,
     ) -> None:
         super().__init__()
         get_sampler(val_sampler)  # fail early on an unknown name
-        self.prediction, self.residual = check_prediction(prediction), residual
+        self.prediction, self.residual = check_prediction(prediction), check_residual(residual)
+        if image_loss_weight < 0:
+            raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")
+        self.image_loss_weight = image_loss_weight
         if residual and getattr(net, "num_sources", 1) == 0:
             raise ValueError("residual diffusion needs source images; an unconditional model (num_sources=0) cannot use it")
         self.net = net
@@ -90,7 +97,13 @@ class DiffusionFusionModule(L.LightningModule):
         t = torch.randint(0, self.schedule.num_timesteps, (target.shape[0],), device=target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
-        return F.mse_loss(self.net(x_t, t, sources), training_target(self.schedule, self.prediction, target, noise, t))
+        out = self.net(x_t, t, sources)
+        loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
+        if self.image_loss_weight > 0:
+            eps = eps_from_output(self.schedule, self.prediction, x_t, t, out)
+            x0_hat = self.schedule.predict_x0(x_t, t, eps).clamp(-2, 2)  # bounded where ᾱ ≈ 0
+            loss = loss + self.image_loss_weight * F.l1_loss(x0_hat, target)
+        return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "target" not in batch:
@@ -117,7 +130,9 @@ class DiffusionFusionModule(L.LightningModule):
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.val_steps)
         sampler = get_sampler(self.val_sampler)
         denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction)
-        return from_diffused(sampler(denoiser, self.schedule, sources, ts, generator=gen), sources, self.residual)
+        b, _, _, h, w = sources.shape
+        shape = (b, getattr(self.net, "image_channels", sources.shape[2]), h, w)  # sources may have more channels (HDR)
+        return from_diffused(sampler(denoiser, self.schedule, sources, ts, shape=shape, generator=gen), sources, self.residual)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         sources = batch["sources"]
@@ -137,7 +152,8 @@ class DiffusionFusionModule(L.LightningModule):
         from torchvision.utils import make_grid
 
         k = min(self.num_preview, fused.shape[0])
-        columns = [*sources[:k].unbind(1), fused[:k]] + ([target[:k]] if target is not None else [])
+        # sources with more channels than the image (HDR: LDR + radiance estimate) show their first ones
+        columns = [*sources[:k, :, : fused.shape[1]].unbind(1), fused[:k]] + ([target[:k]] if target is not None else [])
         tiles = torch.stack(columns, dim=1).flatten(0, 1)
         grid = make_grid(((tiles.clamp(-1, 1) + 1) / 2).float().cpu(), nrow=len(columns), padding=2, pad_value=1.0)
         caption = "sources | fused" + (" | target" if target is not None else "")
