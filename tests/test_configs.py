@@ -30,7 +30,7 @@ def test_schedules_instantiate(diffusion, tmp_path):
 @pytest.mark.parametrize("sampler", options("sampler"))
 def test_samplers_resolve(sampler, tmp_path):
     cfg = compose_config("train", [f"sampler={sampler}"], tmp_path)
-    assert callable(get_sampler(cfg.sampler.name)) and cfg.sampler.steps >= 1
+    assert callable(get_sampler(cfg.sampler.name)) and (cfg.sampler.steps is None or cfg.sampler.steps >= 1)
 
 
 @pytest.mark.parametrize("trainer", [t for t in options("trainer") if t not in ("gpu",)])

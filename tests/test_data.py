@@ -144,3 +144,18 @@ def test_write_image_is_atomic_and_checked(tmp_path):
     assert read_image(target).shape == (3, 4, 4)
     with pytest.raises(ValueError, match="16-bit"):
         write_image(tmp_path / "x.jpg", torch.zeros(3, 4, 4), bit_depth=16)
+
+
+def test_concat_datasets_builds_partials_with_augment(fusiondiff_folder):
+    from functools import partial
+
+    from fusiondiff.data import PairedFolderDataset, SyntheticMultiFocus
+    from fusiondiff.data.datasets import concat_datasets
+
+    real = partial(PairedFolderDataset, fusiondiff_folder, crop_size=16)
+    synthetic = SyntheticMultiFocus(num_samples=3, crop_size=16)
+    both = concat_datasets([real, synthetic], augment=True)
+    assert len(both) == len(real()) + 3 and both.datasets[0].augment
+    assert both[len(both) - 1]["sources"].shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="at least one"):
+        concat_datasets([])

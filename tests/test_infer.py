@@ -134,3 +134,12 @@ def test_zero_shot_fusion_with_an_unconditional_model():
     conditional = FusionPipeline(cond_net, make_schedule("cosine", 10), {"net": {"num_sources": 2}})
     with pytest.raises(ValueError, match="unconditional model"):
         conditional.zero_shot(images)
+
+
+def test_default_step_count_comes_from_the_model(tmp_path):
+    bundle = write_tiny_bundle(tmp_path / "m.safetensors", sampler={"name": "ddim", "steps": 3})
+    pipe = FusionPipeline.from_file(bundle)
+    assert pipe.default_steps == 3 and FusionPipeline.from_file(write_tiny_bundle(tmp_path / "n.safetensors")).default_steps == 20
+    seen = []
+    pipe(torch.zeros(2, 3, 16, 16), callback=lambda i, t, x, x0: seen.append(t))
+    assert len(seen) == 3

@@ -52,3 +52,18 @@ def test_x0_and_v_are_well_conditioned_at_the_last_cosine_step(prediction):
 def test_unknown_prediction():
     with pytest.raises(ValueError, match="valid: eps, x0, v"):
         EpsDenoiser(lambda *a: None, make_schedule("linear", 10), "score")
+
+
+@pytest.mark.parametrize("residual", ["mean", True, "decision_map", "guided_filter", "laplacian_pyramid"])
+def test_residual_bases_round_trip(residual):
+    from fusiondiff.diffusion.parameterization import from_diffused, residual_base, to_diffused
+    from fusiondiff.fusion.classical import get_classical
+
+    g = torch.Generator().manual_seed(0)
+    sources = torch.rand(2, 2, 3, 24, 24, generator=g) * 1.6 - 0.8
+    target = torch.rand(2, 3, 24, 24, generator=g) * 1.6 - 0.8
+    torch.testing.assert_close(from_diffused(to_diffused(target, sources, residual), sources, residual), target)
+    if isinstance(residual, str) and residual != "mean":
+        torch.testing.assert_close(residual_base(sources, residual), get_classical(residual)(sources))
+    with pytest.raises(ValueError, match="unknown residual"):
+        to_diffused(target, sources, "median")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from fusiondiff.cli.infer import infer
@@ -159,3 +160,19 @@ def test_residual_needs_sources(tmp_path):
     overrides = ["experiment=unconditional_quickstart", "debug=fdr", *TINY, "task.module.residual=true"]
     with pytest.raises(Exception, match="residual diffusion needs source images"):
         train(compose_config("train", overrides, tmp_path))
+
+
+def test_refine_experiment_starts_at_its_classical_base(tmp_path, fusiondiff_folder):
+    """experiment=multifocus_refine: real pairs + synthetic triplets, residual on the decision map;
+    with the zero-initialised output layer, the untrained model's 1-step sample *is* the decision map."""
+    from fusiondiff.fusion.classical import decision_map
+
+    overrides = ["experiment=multifocus_refine", "debug=fdr", *TINY, f"data.train.parts.0.root={fusiondiff_folder}",
+                 "data.train.parts.0.crop_size=16", "data.train.parts.1.crop_size=16", "data.train.parts.1.num_samples=4",
+                 "data.val.crop_size=32", "data.val.num_samples=2"]  # fmt: skip
+    cfg = compose_config("train", overrides, tmp_path)
+    module = instantiate(cfg.task.module, _partial_=True)(net=instantiate(cfg.model), schedule=instantiate(cfg.diffusion))
+    sources = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(module.sample(sources, steps=1), decision_map(sources).clamp(-1, 1), atol=1e-3, rtol=0)
+    metrics, objects = train(cfg)
+    assert objects["trainer"].global_step == 1 and "val/ssim" in metrics

@@ -117,6 +117,11 @@ class FusionPipeline:
         return next(self.net.parameters()).device
 
     @property
+    def default_steps(self) -> int:
+        """The step count recorded with the model (``sampler.steps`` of its training config), else 20."""
+        return int((self.config.get("sampler") or {}).get("steps") or 20)
+
+    @property
     def channels(self) -> int:
         return int(self.config.get("net", {}).get("image_channels", 3))
 
@@ -125,7 +130,7 @@ class FusionPipeline:
         self,
         sources: torch.Tensor,
         sampler: str = "ddim",
-        steps: int = 20,
+        steps: int | None = None,
         seed: int = 0,
         spacing: str = "uniform",
         clip_x0: bool = True,
@@ -135,7 +140,10 @@ class FusionPipeline:
         callback: Callable[..., Any] | None = None,
         **sampler_options: Any,
     ) -> torch.Tensor:
-        """Fused image(s) in [-1, 1]; windows of ``tile_size`` px bound memory on large images."""
+        """Fused image(s) in [-1, 1]; windows of ``tile_size`` px bound memory on large images.
+
+        ``steps=None`` uses the model's own default (:attr:`default_steps`).
+        """
         unbatched = sources.dim() == 4
         if unbatched:
             sources = sources[None]
@@ -157,7 +165,7 @@ class FusionPipeline:
                 raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
             denoiser = tiled_denoiser(denoiser, tile_size, tile_size - tile_overlap, batch=tile_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        ts = respace_timesteps(self.schedule.num_timesteps, steps, spacing)
+        ts = respace_timesteps(self.schedule.num_timesteps, steps or self.default_steps, spacing)
         b, _, _, h, w = sources.shape
         fused = sample_fn(
             denoiser, self.schedule, sources, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,

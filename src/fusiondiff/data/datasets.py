@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, _check_channels_arg, read_image, to_channels
 from fusiondiff.data.pairing import Sample, find_samples
@@ -310,3 +310,11 @@ class SyntheticMultiFocus(PhotoPatches):
         patch, gen = self._patch(index)
         sources, _ = make_multifocus_triplet(patch, gen, self.max_sigma)
         return {"sources": sources.clamp(-1, 1), "target": patch, "name": f"synthetic_{index:06d}"}
+
+
+def concat_datasets(parts: Sequence[Dataset | Callable[..., Dataset]], augment: bool = True) -> Dataset:
+    """Several datasets as one (e.g. real pairs plus synthetic triplets); callables get ``augment``."""
+    if not parts:
+        raise ValueError("concat_datasets needs at least one dataset")
+    built = [p(augment=augment) if callable(p) and not isinstance(p, Dataset) else p for p in parts]
+    return ConcatDataset(built)

@@ -68,25 +68,32 @@ class EpsDenoiser(nn.Module):
         return eps_from_output(self.schedule, self.prediction, x_t, t, out)
 
 
-RESIDUALS = (False, True, "mean", "hdr_merge")
+RESIDUAL_CLASSICAL = ("average", "laplacian_pyramid", "guided_filter", "decision_map")
+RESIDUALS = (False, True, "mean", "hdr_merge", *RESIDUAL_CLASSICAL)
 
 
 def check_residual(residual: bool | str) -> bool | str:
     if residual not in RESIDUALS:
-        raise ValueError(f"unknown residual {residual!r}; valid: false, true (= mean), mean, hdr_merge")
+        raise ValueError(f"unknown residual {residual!r}; valid: false, true (= mean), {', '.join(map(str, RESIDUALS[2:]))}")
     return residual
 
 
 def residual_base(sources: torch.Tensor, residual: bool | str = "mean") -> torch.Tensor:
     """The base the diffusion's residual is taken against, from sources [B, N, C, H, W] -> [B, C', H, W].
 
-    ``mean`` (or True): the mean of the sources (multi-focus). ``hdr_merge``: the μ-law tonemapped
-    exposure-weighted merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`).
+    ``mean`` (or True): the mean of the sources. A classical method's name (``decision_map``,
+    ``guided_filter``, ...): its fusion (:mod:`fusiondiff.fusion.classical`), so the model starts at that
+    method's quality and learns the correction. ``hdr_merge``: the μ-law tonemapped exposure-weighted
+    merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`).
     """
     if residual == "hdr_merge":
         from fusiondiff.data.hdr import merge_estimate
 
         return merge_estimate(sources)
+    if residual in RESIDUAL_CLASSICAL:
+        from fusiondiff.fusion.classical import get_classical
+
+        return get_classical(residual)(sources).to(sources.dtype)
     return sources.mean(1)
 
 

@@ -1,0 +1,223 @@
+"""Speed and memory benchmark: one table per question, printed and written as JSON.
+
+    python scripts/benchmark.py                         # CPU, the shipped bundle, 520 x 520
+    python scripts/benchmark.py --device cuda --json outputs/bench_gpu.json
+    python scripts/benchmark.py --quick                 # fewer step counts, no 4K run
+
+1. seconds and peak memory per 520 x 520 pair for each sampler and step count (model: ``--model``,
+   default the shipped bundle);
+2. one denoising step of the FusionDiff-size network (29 M parameters) at 520 x 520, and the
+   2000-step cost of the official sampler extrapolated from it;
+3. training samples per second of every ``conf/model`` config (forward + backward + AdamW step);
+4. tiled inference of a 3840 x 2160 pair (time, peak memory).
+
+Every measurement runs in a fresh subprocess so that its peak RSS (CPU) or peak allocated memory
+(CUDA) is its own. Times are the median of ``--repeats`` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _peak_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _time(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _pair(size: tuple[int, int], device: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return (torch.rand(2, 3, *size, generator=g) * 2 - 1).to(device)
+
+
+def job_sample(args: dict) -> dict:
+    from fusiondiff.inference import FusionPipeline
+
+    torch.set_num_threads(args["threads"])
+    pipe = FusionPipeline.from_file(args["model"], device=args["device"])
+    if args.get("channels_last"):
+        pipe.net = pipe.net.to(memory_format=torch.channels_last)
+    sources = _pair(args["size"], args["device"])
+    tile = args.get("tile_size")
+
+    def run():
+        with torch.autocast(args["device"].split(":")[0], dtype=torch.bfloat16, enabled=args.get("bf16", False)):
+            pipe(
+                sources,
+                sampler=args["sampler"],
+                steps=args["steps"],
+                tile_size=tile,
+                tile_overlap=64,
+                tile_batch=args.get("tile_batch", 1),
+            )
+
+    seconds = _time(run, args["repeats"], args["device"])
+    return {"seconds": seconds, "peak_mb": _peak_mb(args["device"])}
+
+
+def job_net_step(args: dict) -> dict:
+    from fusiondiff.models import ConditionalUNet
+
+    torch.set_num_threads(args["threads"])
+    net = ConditionalUNet(**args["net"]).eval().to(args["device"])
+    x = torch.randn(1, 3, *args["size"], device=args["device"])
+    cond = torch.randn(1, 2, 3, *args["size"], device=args["device"])
+    t = torch.tensor([100], device=args["device"])
+
+    def run():
+        with torch.inference_mode():
+            net(x, t, cond)
+
+    return {"seconds": _time(run, args["repeats"], args["device"]), "peak_mb": _peak_mb(args["device"]),
+            "params_m": sum(p.numel() for p in net.parameters()) / 1e6}  # fmt: skip
+
+
+def job_train(args: dict) -> dict:
+    import torch.nn.functional as F
+
+    from fusiondiff.models import ConditionalUNet
+
+    torch.set_num_threads(args["threads"])
+    net = ConditionalUNet(**args["net"]).train().to(args["device"])
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    b, c = args["batch"], args["crop"]
+    x = torch.randn(b, 3, c, c, device=args["device"])
+    cond = torch.randn(b, 2, 3, c, c, device=args["device"])
+    t = torch.randint(0, 1000, (b,), device=args["device"])
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(net(x, t, cond), x).backward()
+        opt.step()
+
+    seconds = _time(run, args["repeats"], args["device"])
+    return {
+        "samples_per_s": b / seconds,
+        "peak_mb": _peak_mb(args["device"]),
+        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
+    }
+
+
+def in_subprocess(fn, args: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, (args,))
+
+
+def model_configs() -> dict[str, dict]:
+    from omegaconf import OmegaConf
+
+    out = {}
+    for path in sorted(Path("conf/model").glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(path))
+        if cfg.get("_target_") != "fusiondiff.models.ConditionalUNet":
+            continue  # HDR networks have their own inputs
+        out[path.stem] = {k: v for k, v in cfg.items() if k != "_target_"} | {"image_channels": 3, "num_sources": 2}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="bundle or .ckpt (default: the shipped bundle)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--size", type=int, nargs=2, default=[520, 520], metavar=("H", "W"))
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--samplers", nargs="+", default=["ddim", "fusiondiff"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    parser.add_argument("--quick", action="store_true", help="steps 1 and 4, ddim only, no 4K run")
+    parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.samplers = [1, 4], ["ddim"]
+    dev = args.device
+    header = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "device": dev,
+              "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None}  # fmt: skip
+    mem = "peak GPU MB" if dev.startswith("cuda") else "peak RSS MB"
+    print(
+        f"# {header['cpu']}, {args.threads} threads, torch {header['torch']}, device {dev}"
+        + (f" ({header['gpu']})" if header["gpu"] else "")
+    )
+    report: dict = {"header": header, "args": {k: str(v) for k, v in vars(args).items()}}
+    common = {"device": dev, "threads": args.threads, "repeats": args.repeats, "size": tuple(args.size), "model": args.model,
+              "channels_last": args.channels_last, "bf16": args.bf16}  # fmt: skip
+
+    print(f"\n## Fusing one {args.size[0]} x {args.size[1]} pair (model: {args.model or 'shipped bundle'})\n")
+    print(f"| sampler | steps | seconds | {mem} |\n|---|---|---|---|")
+    rows = []
+    for sampler in args.samplers:
+        for steps in args.steps:
+            r = in_subprocess(job_sample, common | {"sampler": sampler, "steps": steps, "tile_size": None})
+            rows.append({"sampler": sampler, "steps": steps, **r})
+            print(f"| {sampler} | {steps} | {r['seconds']:.2f} | {r['peak_mb']:.0f} |", flush=True)
+    report["sampling"] = rows
+
+    print("\n## FusionDiff-size network (one step, batch 1) and the official 2000-step sampler\n")
+    cfgs = model_configs()
+    r = in_subprocess(job_net_step, common | {"net": cfgs["fusiondiff"], "repeats": max(1, args.repeats - 1)})
+    r["extrapolated_2000_steps_s"] = 2000 * r["seconds"]
+    report["fusiondiff_step"] = r
+    print(f"| params | s / step | 2000 steps (extrapolated) | {mem} |\n|---|---|---|---|")
+    print(
+        f"| {r['params_m']:.1f} M | {r['seconds']:.2f} | {r['extrapolated_2000_steps_s'] / 3600:.2f} h | {r['peak_mb']:.0f} |",
+        flush=True,
+    )
+
+    print("\n## Training throughput (64 px crops, batch 8, forward + backward + AdamW)\n")
+    print(f"| model | params | samples / s | {mem} |\n|---|---|---|---|")
+    report["training"] = {}
+    for name, net in cfgs.items():
+        r = in_subprocess(job_train, common | {"net": net, "batch": 8, "crop": 64})
+        report["training"][name] = r
+        print(f"| {name} | {r['params_m']:.2f} M | {r['samples_per_s']:.1f} | {r['peak_mb']:.0f} |", flush=True)
+
+    if not args.quick:
+        print("\n## Tiled 3840 x 2160 pair (ddim, 1 step, 512 px windows, 64 px overlap)\n")
+        r = in_subprocess(
+            job_sample, common | {"sampler": "ddim", "steps": 1, "tile_size": 512, "size": (2160, 3840), "repeats": 1}
+        )
+        report["tiled_4k"] = r
+        print(f"| seconds | {mem} |\n|---|---|\n| {r['seconds']:.1f} | {r['peak_mb']:.0f} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print(f"\nwritten {args.json}")
+
+
+if __name__ == "__main__":
+    main()
