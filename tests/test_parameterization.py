@@ -67,3 +67,20 @@ def test_residual_bases_round_trip(residual):
         torch.testing.assert_close(residual_base(sources, residual), get_classical(residual)(sources))
     with pytest.raises(ValueError, match="unknown residual"):
         to_diffused(target, sources, "median")
+
+
+def test_blend_prediction_copies_sources_where_the_weights_saturate():
+    from fusiondiff.diffusion.parameterization import EpsDenoiser, blend_sources
+
+    sources = torch.rand(1, 2, 3, 8, 8) * 2 - 1
+    logits = torch.zeros(1, 2, 8, 8)
+    logits[:, 0, :, :4], logits[:, 1, :, 4:] = 50.0, 50.0
+    fused = blend_sources(logits, sources)
+    torch.testing.assert_close(fused[..., :4], sources[:, 0, :, :, :4])
+    torch.testing.assert_close(fused[..., 4:], sources[:, 1, :, :, 4:])
+    with pytest.raises(ValueError, match="one output channel per source"):
+        blend_sources(torch.zeros(1, 3, 8, 8), sources)
+    sched = make_schedule("cosine", 100)
+    den = EpsDenoiser(lambda x, t, c: logits.expand(x.shape[0], -1, -1, -1), sched, "blend")
+    x_t, t = torch.randn(1, 3, 8, 8, dtype=torch.float64), torch.tensor([40])
+    torch.testing.assert_close(sched.predict_x0(x_t, t, den(x_t, t, sources.double())), fused.double(), atol=1e-6, rtol=0)

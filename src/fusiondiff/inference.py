@@ -19,7 +19,7 @@ from torch import nn
 
 from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
-from fusiondiff.diffusion.parameterization import from_diffused
+from fusiondiff.diffusion.parameterization import from_diffused, split_residual
 from fusiondiff.diffusion.samplers import SPACINGS
 from fusiondiff.fusion.noise_space import ratio_weights
 
@@ -159,7 +159,9 @@ class FusionPipeline:
         if expected and sources.shape[1] != expected:
             raise ValueError(f"this model fuses {expected} sources, got {sources.shape[1]}")
         sources = sources.to(self.device, torch.float32)
-        denoiser: Callable[..., torch.Tensor] = EpsDenoiser(self.net, self.schedule, self.config.get("prediction", "eps"))
+        prediction = self.config.get("prediction", "eps")
+        image_residual, blend_prior = split_residual(prediction, self.config.get("residual", False))
+        denoiser: Callable[..., torch.Tensor] = EpsDenoiser(self.net, self.schedule, prediction, blend_prior)
         if tile_size is not None and max(sources.shape[-2:]) > tile_size:
             if tile_overlap >= tile_size:
                 raise ValueError(f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})")
@@ -171,7 +173,7 @@ class FusionPipeline:
             denoiser, self.schedule, sources, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
             callback=callback, **sampler_options,
         )  # fmt: skip
-        fused = from_diffused(fused, sources, self.config.get("residual", False))
+        fused = from_diffused(fused, sources, image_residual)
         return fused[0] if unbatched else fused
 
     def zero_shot(

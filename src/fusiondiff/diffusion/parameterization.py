@@ -15,7 +15,7 @@ from torch import nn
 
 from fusiondiff.diffusion.schedules import NoiseSchedule, _gather
 
-PREDICTIONS = ("eps", "x0", "v")
+PREDICTIONS = ("eps", "x0", "v", "blend")
 
 
 def check_prediction(prediction: str) -> str:
@@ -24,13 +24,37 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
+BLEND_PRIOR_LOGIT = 8.0  # a decision-map prior: the chosen source starts e^8 ≈ 3000 times more likely
+
+
+def blend_sources(logits: torch.Tensor, sources: torch.Tensor, prior: bool | str = False) -> torch.Tensor:
+    """x̂0 = Σ_i softmax(logits)_i · source_i: logits [B, N, H, W] (one weight map per source), sources
+    [B, N, C, H, W] -> [B, C, H, W]. The ``blend`` prediction: every output pixel is a convex combination of
+    the sources at that pixel (where the weights saturate, a source pixel is copied exactly).
+
+    ``prior="decision_map"`` adds BLEND_PRIOR_LOGIT to the logit of the source the classical decision map
+    picks (the "residual" of blend models lives in logit space): a zero network output reproduces the
+    decision map, and the network learns where to overturn it.
+    """
+    if logits.shape[1] != sources.shape[1]:
+        raise ValueError(f"blend prediction needs one output channel per source ({sources.shape[1]}), got {logits.shape[1]}")
+    if prior == "decision_map":
+        from fusiondiff.fusion.classical import decision_weights
+
+        logits = logits + BLEND_PRIOR_LOGIT * decision_weights(sources.float())[:, :, 0].to(logits.dtype)
+    elif prior:
+        raise ValueError(f"prediction=blend supports residual=false or decision_map (a logit prior), got {prior!r}")
+    weights = torch.softmax(logits.float(), dim=1).to(sources.dtype)
+    return (weights[:, :, None] * sources).sum(1)
+
+
 def training_target(
     schedule: NoiseSchedule, prediction: str, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
-    """The regression target of the network for (x0, ε, t)."""
+    """The regression target of the network for (x0, ε, t) (``blend``: x0, after :func:`blend_sources`)."""
     if prediction == "eps":
         return eps
-    if prediction == "x0":
+    if prediction in ("x0", "blend"):
         return x0
     check_prediction(prediction)
     ab = _gather(schedule.alphas_cumprod, t, x0)
@@ -46,7 +70,7 @@ def eps_from_output(
     check_prediction(prediction)
     ab = _gather(schedule.alphas_cumprod, t, x_t.double())
     x, o = x_t.double(), out.double()
-    if prediction == "x0":
+    if prediction in ("x0", "blend"):  # blend: ``out`` is already the blended x̂0
         eps = (x - ab.sqrt() * o) / (1 - ab).sqrt()
     else:  # v: ε = sqrt(1-ᾱ) x_t + sqrt(ᾱ) v
         eps = (1 - ab).sqrt() * x + ab.sqrt() * o
@@ -56,15 +80,18 @@ def eps_from_output(
 class EpsDenoiser(nn.Module):
     """``denoiser(x_t, t, cond) -> ε̂`` around a network that predicts ε, x0 or v."""
 
-    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, prediction: str = "eps", blend_prior: bool | str = False) -> None:
         super().__init__()
         self.net, self.schedule, self.prediction = net, schedule, check_prediction(prediction)
+        self.blend_prior = blend_prior
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """ε̂ in the dtype of x_t; the network runs in its own dtype (so samplers may keep float64 state)."""
         param = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
         net_dtype = param.dtype if param is not None else x_t.dtype
         out = self.net(x_t.to(net_dtype), t, cond).to(x_t.dtype)
+        if self.prediction == "blend":
+            out = blend_sources(out, cond.to(x_t.dtype), self.blend_prior)
         return eps_from_output(self.schedule, self.prediction, x_t, t, out)
 
 
@@ -95,6 +122,11 @@ def residual_base(sources: torch.Tensor, residual: bool | str = "mean") -> torch
 
         return get_classical(residual)(sources).to(sources.dtype)
     return sources.mean(1)
+
+
+def split_residual(prediction: str, residual: bool | str) -> tuple[bool | str, bool | str]:
+    """(residual in image space, logit prior of blend models) for a model's ``prediction`` / ``residual``."""
+    return (False, residual) if prediction == "blend" else (residual, False)
 
 
 def to_diffused(target: torch.Tensor, sources: torch.Tensor, residual: bool | str) -> torch.Tensor:

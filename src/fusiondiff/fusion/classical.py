@@ -130,15 +130,20 @@ def sum_modified_laplacian(gray: Tensor, radius: int = 3) -> Tensor:
     return box_mean(ml, radius)
 
 
-@_batched
-def decision_map(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
-    """Focus-measure fusion: per pixel take the source with the largest SML, after a majority (consistency) filter."""
+def decision_weights(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
+    """One-hot [B, N, 1, H, W]: per pixel the source with the largest SML, after a majority (consistency) filter."""
     b, n, c, h, w = sources.shape
     gray = _gray(sources.reshape(b * n, c, h, w))
     sml = sum_modified_laplacian(gray, radius).reshape(b, n, 1, h, w)
     votes = _select_max(sml)
     smoothed = box_mean(votes.reshape(b, n, h, w), consistency_radius).reshape(b, n, 1, h, w)  # majority filter
-    return (_select_max(smoothed) * sources).sum(1)
+    return _select_max(smoothed)
+
+
+@_batched
+def decision_map(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
+    """Focus-measure fusion: copy, per pixel, the source chosen by :func:`decision_weights`."""
+    return (decision_weights(sources, radius, consistency_radius) * sources).sum(1)
 
 
 CLASSICAL_METHODS: dict[str, Callable[..., Tensor]] = {

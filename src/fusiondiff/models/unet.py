@@ -71,6 +71,8 @@ class ConditionalUNet(nn.Module):
     Args:
         image_channels: channels of the fused image and of each source (1 gray, 3 colour).
         num_sources: number of source images N (0 gives an unconditional model).
+        source_channels: channels per source (default image_channels; HDR exposures have 6).
+        out_channels: output channels (default image_channels; ``prediction=blend``: one weight map per source).
         base_channels: width of the first level.
         channel_mult: width multiplier per level; the image is downsampled 2x between levels.
         num_res_blocks: residual blocks per level, on the way down and on the way up.
@@ -92,6 +94,7 @@ class ConditionalUNet(nn.Module):
         attention_levels: Sequence[int] = (),
         dropout: float = 0.0,
         source_channels: int | None = None,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         if num_sources < 0 or image_channels < 1 or not channel_mult or num_res_blocks < 1:
@@ -148,7 +151,9 @@ class ConditionalUNet(nn.Module):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w_in, w_in, 3, padding=1)))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(_groups(base_channels), base_channels), nn.SiLU(), nn.Conv2d(base_channels, image_channels, 3, padding=1)
+            nn.GroupNorm(_groups(base_channels), base_channels),
+            nn.SiLU(),
+            nn.Conv2d(base_channels, out_channels or image_channels, 3, padding=1),
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)

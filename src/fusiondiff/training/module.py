@@ -13,7 +13,15 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, training_target
-from fusiondiff.diffusion.parameterization import check_prediction, check_residual, eps_from_output, from_diffused, to_diffused
+from fusiondiff.diffusion.parameterization import (
+    blend_sources,
+    check_prediction,
+    check_residual,
+    eps_from_output,
+    from_diffused,
+    split_residual,
+    to_diffused,
+)
 from fusiondiff.metrics import psnr, ssim
 
 
@@ -42,7 +50,8 @@ class DiffusionFusionModule(L.LightningModule):
         ema_decay: decay of the exponential moving average of the weights (0 disables EMA);
             the EMA weights are used for validation and export.
         val_sampler, val_steps: sampler name and step count for validation samples (seeded).
-        prediction: what the network predicts: ``eps`` (FusionDiff), ``x0`` or ``v``.
+        prediction: what the network predicts: ``eps`` (FusionDiff), ``x0``, ``v``, or ``blend`` (one
+            weight map per source; x̂0 is their softmax-weighted sum, see ``blend_sources``).
         residual: diffuse ``target - base(sources)`` instead of the target: ``mean`` (or true) or
             ``hdr_reference`` (see ``to_diffused``).
         image_loss_weight: weight λ of an L1 loss on the x̂0 implied by the network output (in the
@@ -73,6 +82,9 @@ class DiffusionFusionModule(L.LightningModule):
         if image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")
         self.image_loss_weight = image_loss_weight
+        if prediction == "blend" and residual not in (False, "decision_map"):
+            raise ValueError(f"prediction=blend takes residual=false or decision_map (a logit prior), got {residual!r}")
+        self.image_residual, self.blend_prior = split_residual(prediction, residual)
         if residual and getattr(net, "num_sources", 1) == 0:
             raise ValueError("residual diffusion needs source images; an unconditional model (num_sources=0) cannot use it")
         self.net = net
@@ -93,11 +105,13 @@ class DiffusionFusionModule(L.LightningModule):
 
     def diffusion_loss(self, batch: dict) -> torch.Tensor:
         sources = batch["sources"]
-        target = to_diffused(batch["target"], sources, self.residual)
+        target = to_diffused(batch["target"], sources, self.image_residual)
         t = torch.randint(0, self.schedule.num_timesteps, (target.shape[0],), device=target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
         out = self.net(x_t, t, sources)
+        if self.prediction == "blend":
+            out = blend_sources(out, sources, self.blend_prior)
         loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
         if self.image_loss_weight > 0:
             eps = eps_from_output(self.schedule, self.prediction, x_t, t, out)
@@ -129,10 +143,12 @@ class DiffusionFusionModule(L.LightningModule):
         gen = torch.Generator(device=sources.device).manual_seed(self.val_seed if seed is None else seed)
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.val_steps)
         sampler = get_sampler(self.val_sampler)
-        denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction)
+        denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction, self.blend_prior)
         b, _, _, h, w = sources.shape
         shape = (b, getattr(self.net, "image_channels", sources.shape[2]), h, w)  # sources may have more channels (HDR)
-        return from_diffused(sampler(denoiser, self.schedule, sources, ts, shape=shape, generator=gen), sources, self.residual)
+        return from_diffused(
+            sampler(denoiser, self.schedule, sources, ts, shape=shape, generator=gen), sources, self.image_residual
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         sources = batch["sources"]
