@@ -69,8 +69,8 @@ def job_sample(args: dict) -> dict:
 
     torch.set_num_threads(args["threads"])
     pipe = FusionPipeline.from_file(args["model"], device=args["device"])
-    if args.get("channels_last"):
-        pipe.net = pipe.net.to(memory_format=torch.channels_last)
+    if not args.get("channels_last", True):  # the pipeline uses channels_last by default
+        pipe.net = pipe.net.to(memory_format=torch.contiguous_format)
     sources = _pair(args["size"], args["device"])
     tile = args.get("tile_size")
 
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--samplers", nargs="+", default=["ddim", "fusiondiff"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW weights (for comparison)")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--quick", action="store_true", help="steps 1 and 4, ddim only, no 4K run")
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))

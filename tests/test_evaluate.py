@@ -76,3 +76,16 @@ def test_markdown_marks_best_respecting_direction():
                "b": {"qabf": {"mean": 0.7, "std": 0.1}, "qcv": {"mean": 20.0, "std": 1.0}}}  # fmt: skip
     table = markdown_table(summary, ["qabf", "qcv"])
     assert "| a | 0.5 ± 0.1 | **10 ± 1** |" in table and "| b | **0.7 ± 0.1** | 20 ± 1 |" in table
+
+
+def test_model_labels_keep_runs_apart(tmp_path):
+    from omegaconf import OmegaConf
+
+    from fusiondiff.cli.evaluate import parse_methods
+
+    cfg = OmegaConf.create({"methods": ["model:runs/a/model.safetensors", "model:runs/b/model.safetensors"], "steps": [1],
+                            "ckpt": None, "sampler": {"name": "ddim"}})  # fmt: skip
+    assert [m.label for m in parse_methods(cfg)] == ["a/model (ddim, 1 steps)", "b/model (ddim, 1 steps)"]
+    cfg.methods = ["model:x/net.ckpt", "model:y/net.ckpt"]
+    with pytest.raises(ValueError, match="both be labelled"):
+        parse_methods(cfg)

@@ -104,7 +104,9 @@ class FusionPipeline:
     """A trained network + schedule, fusing sources [N, C, H, W] (or batched [B, N, C, H, W]) in [-1, 1]."""
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, config: dict | None = None) -> None:
-        self.net, self.schedule, self.config = net.eval(), schedule, config or {}
+        # channels_last: 17-29 % faster on CPU (scripts/benchmark.py --channels-last, README "Speed")
+        self.net = net.eval().to(memory_format=torch.channels_last)
+        self.schedule, self.config = schedule, config or {}
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> FusionPipeline:

@@ -54,6 +54,10 @@ def parse_methods(cfg: DictConfig) -> list[Method]:
         elif spec == "fusiondiff" or spec.startswith("model:"):
             path = cfg.ckpt if spec == "fusiondiff" else spec.split(":", 1)[1]
             name = "fusiondiff" if spec == "fusiondiff" else Path(path).stem
+            if name in ("model", "last", "best") and spec != "fusiondiff":  # generic file names: add the run folder
+                name = f"{Path(path).parent.name}/{name}"
+            if any(m.label.startswith(f"{name} (") for m in out):
+                raise ValueError(f"two methods would both be labelled {name!r}; rename one of the files")
             for steps in cfg.steps:
                 out.append(Method(f"{name} ({cfg.sampler.name}, {steps} steps)", "model", path, int(steps)))
         elif spec.startswith("folder:"):
