@@ -9,14 +9,13 @@ Prints a Markdown table with the machine, torch version and thread count.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from fusiondiff.diffusion import make_schedule
+from fusiondiff.machine import cpu_name
 from fusiondiff.models import ConditionalUNet
 from fusiondiff.priors import OwnPrior, load_prior
 from fusiondiff.zero_shot import NoiseSpaceFusion
@@ -28,16 +27,6 @@ def tiny_prior() -> OwnPrior:
     net_cfg = {**{k: v for k, v in cfg.items() if k != "_target_"}, "image_channels": 3, "num_sources": 0}
     config = {"net": net_cfg}
     return OwnPrior(ConditionalUNet(**net_cfg), make_schedule("cosine", 2000), config)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
