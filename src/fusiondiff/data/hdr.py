@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fusiondiff.data.io import ImageError, atomic_write_bytes
+from fusiondiff.data.io import ImageError, atomic_write_bytes, read_image, write_image
 from fusiondiff.metrics.hdr import MU, inverse_mu_law, mu_law
 
 GAMMA = 2.2
@@ -115,42 +115,13 @@ def tonemap_preview(hdr: torch.Tensor, mu: float = MU) -> torch.Tensor:
 
 
 def read_ldr(path: str | os.PathLike) -> torch.Tensor:
-    """An 8- or 16-bit LDR as float32 RGB [3, H, W] in [0, 1] (16-bit stays 16-bit: divided by 65535)."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LDR image not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageError(f"cannot decode {path} (corrupt or unsupported)")
-    if img.dtype == np.uint16:
-        scale = 65535.0
-    elif img.dtype == np.uint8:
-        scale = 255.0
-    else:
-        raise ImageError(f"{path}: LDR exposures must be 8- or 16-bit integers, got {img.dtype}")
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, -1)
-    if img.shape[-1] == 4:
-        raise ImageError(f"{path} has an alpha channel; exposures must be RGB")
-    rgb = img[..., ::-1].astype(np.float32) / scale
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+    """An 8- or 16-bit LDR as float32 RGB [3, H, W] in [0, 1] (16-bit stays 16-bit; see :func:`read_image`)."""
+    return (read_image(path, channels=3) + 1) / 2
 
 
 def write_ldr(path: str | os.PathLike, ldr: torch.Tensor, bit_depth: int = 16) -> Path:
     """Write [3, H, W] in [0, 1] as an 8- or 16-bit image (TIFF/PNG), atomically."""
-    import cv2
-
-    if bit_depth not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
-    arr = (ldr.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()[..., ::-1] * scale).round().astype(dtype)
-    path = Path(path)
-    ok, buf = cv2.imencode(path.suffix, np.ascontiguousarray(arr))
-    if not ok:
-        raise ImageError(f"OpenCV could not encode {path}")
-    return atomic_write_bytes(path, buf.tobytes())
+    return write_image(path, ldr * 2 - 1, bit_depth)
 
 
 def read_exposures(path: str | os.PathLike) -> list[float]:
