@@ -104,7 +104,7 @@ class FusionPipeline:
     """A trained network + schedule, fusing sources [N, C, H, W] (or batched [B, N, C, H, W]) in [-1, 1]."""
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, config: dict | None = None) -> None:
-        # channels_last: 17-29 % faster on CPU (scripts/benchmark.py --channels-last, README "Speed")
+        # channels_last: 17-29 % faster on CPU (scripts/benchmark.py vs --no-channels-last, README "Speed")
         self.net = net.eval().to(memory_format=torch.channels_last)
         self.schedule, self.config = schedule, config or {}
 
