@@ -29,7 +29,7 @@ def two_inversions():
     return sched, ts, a, b, split
 
 
-@pytest.mark.parametrize("mode", [m for m in MODES if m != "mask"])
+@pytest.mark.parametrize("mode", [m for m in MODES if m not in ("mask", "style")])
 @pytest.mark.parametrize("skip", [0, 4])
 def test_ratio_zero_and_one_reproduce_the_inputs(mode, skip, two_inversions):
     sched, ts, a, b, invs = two_inversions
@@ -37,6 +37,19 @@ def test_ratio_zero_and_one_reproduce_the_inputs(mode, skip, two_inversions):
         x_start, zs = fuse_inversions(invs, ratio_weights(ratio), mode, skip=skip)
         out = regenerate(pointwise, sched, x_start, zs, ts, skip=skip)
         torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("skip", [0, 4])
+def test_style_ratio_zero_is_the_content_and_one_keeps_content_structure(skip, two_inversions):
+    sched, ts, a, b, invs = two_inversions
+    x_start, zs = fuse_inversions(invs, ratio_weights(0.0), "style", skip=skip)
+    torch.testing.assert_close(regenerate(pointwise, sched, x_start, zs, ts, skip=skip), a, rtol=1e-9, atol=1e-9)
+    # full strength: x_T and the first half of the maps still come from A (statistics moved to B's), the rest from B
+    x_start, zs = fuse_inversions(invs, ratio_weights(1.0), "style", skip=skip)
+    assert torch.equal(x_start, invs[0].xs[skip])
+    k, from_b = len(ts), round(len(ts) / 2)
+    assert torch.equal(zs[k - from_b :], invs[1].zs[k - from_b :])
+    assert not torch.equal(zs[0], invs[0].zs[0]) and not torch.equal(zs[0], invs[1].zs[0])
 
 
 def test_hard_mask_fusion_takes_each_half_from_its_image(two_inversions):

@@ -164,8 +164,11 @@ def test_residual_needs_sources(tmp_path):
 
 def test_blend_experiment_outputs_convex_combinations_of_the_sources(tmp_path, fusiondiff_folder):
     """experiment=multifocus_blend: real pairs + synthetic triplets; the untrained model (zero output
-    layer) gives the decision map (its logit prior), and any sample is a per-pixel convex combination."""
-    from fusiondiff.fusion.classical import decision_map
+    layer) gives the decision map softened by its logit prior, and any sample is a per-pixel convex combination."""
+    import math
+
+    from fusiondiff.diffusion.parameterization import BLEND_PRIOR_LOGIT
+    from fusiondiff.fusion.classical import decision_map, decision_weights
 
     overrides = ["experiment=multifocus_blend", "debug=fdr", *TINY, f"data.train.parts.0.root={fusiondiff_folder}",
                  "data.train.parts.0.crop_size=16", "data.train.parts.1.crop_size=16", "data.train.parts.1.num_samples=4",
@@ -173,7 +176,10 @@ def test_blend_experiment_outputs_convex_combinations_of_the_sources(tmp_path, f
     cfg = compose_config("train", overrides, tmp_path)
     module = instantiate(cfg.task.module, _partial_=True)(net=instantiate(cfg.model), schedule=instantiate(cfg.diffusion))
     sources = torch.rand(2, 2, 3, 32, 32) * 2 - 1
-    torch.testing.assert_close(module.sample(sources, steps=1), decision_map(sources), atol=3e-3, rtol=0)
+    picked = decision_weights(sources)
+    p = 1 / (1 + math.exp(-BLEND_PRIOR_LOGIT))  # the picked source's weight for two sources
+    expected = p * (picked * sources).sum(1) + (1 - p) * ((1 - picked) * sources).sum(1)
+    torch.testing.assert_close(module.sample(sources, steps=1), expected, atol=1e-3, rtol=0)  # x0 -> eps -> x0 at ᾱ ≈ 6e-10
     for p in module.ema.module.out.parameters():
         torch.nn.init.normal_(p, std=1.0)
     fused = module.sample(sources, steps=2)

@@ -66,7 +66,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if "Wandb" in str(cfg.logger.get("_target_", "")):
             configure_wandb_mode()
         logger = instantiate(cfg.logger)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    overrides: dict[str, Any] = {}
+    if module.automatic_optimization is False and cfg.trainer.get("gradient_clip_val"):
+        # manual optimization (adversarial training) clips in the module; Lightning refuses the Trainer setting
+        module.grad_clip, overrides["gradient_clip_val"] = float(cfg.trainer.gradient_clip_val), None
+    if module.automatic_optimization is False and cfg.trainer.get("max_steps", -1) > 0:
+        # Lightning counts every optimizer step in global_step (generator + critic = 2 per batch): keep
+        # trainer.max_steps meaning "batches", as for every other run
+        overrides["max_steps"] = 2 * int(cfg.trainer.max_steps)
+        batches, steps = cfg.trainer.max_steps, overrides["max_steps"]
+        log.info("adversarial training: %d batches = %d optimizer steps (generator + critic)", batches, steps)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
 
     log.info("network: %.2f M parameters", sum(p.numel() for p in net.parameters()) / 1e6)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

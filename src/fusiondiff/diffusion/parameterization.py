@@ -24,7 +24,9 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
-BLEND_PRIOR_LOGIT = 8.0  # a decision-map prior: the chosen source starts e^8 ≈ 3000 times more likely
+# a soft decision-map prior: the chosen source starts at weight e^2/(1+e^2) ≈ 0.88 (at +8 the saturated
+# softmax left no gradient; NOTES.md)
+BLEND_PRIOR_LOGIT = 2.0
 
 
 def blend_sources(logits: torch.Tensor, sources: torch.Tensor, prior: bool | str = False) -> torch.Tensor:
@@ -134,10 +136,15 @@ def to_diffused(target: torch.Tensor, sources: torch.Tensor, residual: bool | st
 
     Residual diffusion (as in residual-learning fusion models, e.g. Rif-Diff) starts the model at
     the quality of the base (averaging for multi-focus) and leaves it only the correction to learn.
+    The base keeps the target's leading channels (restoration sources carry an extra mask channel).
     """
-    return target - residual_base(sources, check_residual(residual)) if residual else target
+    if not residual:
+        return target
+    return target - residual_base(sources, check_residual(residual))[:, : target.shape[1]]
 
 
 def from_diffused(sample: torch.Tensor, sources: torch.Tensor, residual: bool | str) -> torch.Tensor:
     """Inverse of :func:`to_diffused`, clamped to the image range [-1, 1]."""
-    return (sample + residual_base(sources, check_residual(residual)) if residual else sample).clamp(-1, 1)
+    if residual:
+        sample = sample + residual_base(sources, check_residual(residual))[:, : sample.shape[1]]
+    return sample.clamp(-1, 1)

@@ -17,8 +17,11 @@ Rules:
 * ``layer_selective``: first third of the steps (structure) all from the image the ratio favours,
   middle third ``linear``, last third ``feature_selective``.
 * ``mask``: a spatial mask in [0, 1] (1 = image A), e.g. :func:`half_mask`, mixed variance-preservingly.
+* ``style``: style fusion of content A with style B at strength r: x_T and the structure steps from A,
+  the last ``round(r K / 2)`` (texture) steps from B, and on A's steps the per-channel mean and std of the
+  maps moved towards B's by r (:func:`style_map`). r = 0 reproduces A.
 
-The starting point x_start (``xs[skip]``) is fused by the rule of its step.
+The starting point x_start (``xs[skip]``) is fused by the rule of its step (``style``: A's).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from fusiondiff.diffusion.inversion import Inversion
 
 Tensor = torch.Tensor
-MODES = ("linear", "cross_fade", "feature_selective", "layer_selective", "mask")
+MODES = ("linear", "cross_fade", "feature_selective", "layer_selective", "mask", "style")
 
 
 def ratio_weights(ratio: float) -> Tensor:
@@ -124,6 +127,19 @@ def cross_fade_weight(step: int, num_steps: int, ratio: float) -> float:
     return min(max(s - (1.5 - 2 * ratio) + 0.5, 0.0), 1.0)
 
 
+def style_map(a: Tensor, b: Tensor, step: int, num_steps: int, ratio: float) -> Tensor:
+    """The ``style`` rule for one step: B's map on the last round(r K / 2) steps, else A's map with its
+    per-channel statistics (over H, W) moved towards B's: (1 - r) z_A + r AdaIN(z_A; z_B)."""
+    if ratio <= 0:
+        return a
+    if step >= num_steps - round(ratio * num_steps / 2):
+        return b
+    dims = (-2, -1)
+    mu_a, sd_a = a.mean(dims, keepdim=True), a.std(dims, keepdim=True).clamp_min(1e-8)
+    matched = (a - mu_a) / sd_a * b.std(dims, keepdim=True) + b.mean(dims, keepdim=True)
+    return (1 - ratio) * a + ratio * matched
+
+
 def fuse_step(maps: Tensor, step: int, num_steps: int, weights: Tensor, mode: str,
               mask: Tensor | None = None, slerp: bool = False) -> Tensor:  # fmt: skip
     """Fuse the N maps of one step [N, B, C, H, W] by ``mode`` (see module docstring)."""
@@ -141,6 +157,10 @@ def fuse_step(maps: Tensor, step: int, num_steps: int, weights: Tensor, mode: st
         if third == 0:
             return maps[int(weights.argmax())]
         return mix_linear(maps, weights, slerp) if third == 1 else mix_feature_selective(maps, weights)
+    if mode == "style":
+        if maps.shape[0] != 2:
+            raise ValueError("style fusion combines exactly two images: content A and style B")
+        return style_map(maps[0], maps[1], step, num_steps, weights[1].item())
     if mode == "mask":
         if mask is None:
             raise ValueError("mode=mask needs a mask (e.g. half_mask(H, W) or a mask image)")
@@ -175,5 +195,5 @@ def fuse_inversions(
     xs = torch.stack([inv.xs for inv in inversions])
     zs = torch.stack([inv.zs for inv in inversions])
     fused_zs = torch.stack([fuse_step(zs[:, i], i, k, w, mode, mask, slerp) for i in range(k)])
-    x_start = fuse_step(xs[:, skip], skip, k, w, mode, mask, slerp)
+    x_start = xs[0, skip] if mode == "style" else fuse_step(xs[:, skip], skip, k, w, mode, mask, slerp)
     return x_start, fused_zs

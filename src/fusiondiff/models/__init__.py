@@ -1,6 +1,7 @@
-"""Networks: the conditional U-Net and the HDR variant with a feature condition generator."""
+"""Networks: the conditional U-Net, the HDR variant with a feature condition generator, a PatchGAN critic."""
 
+from fusiondiff.models.discriminator import PatchDiscriminator
 from fusiondiff.models.hdr import FeatureConditionGenerator, HDRConditionalUNet
 from fusiondiff.models.unet import ConditionalUNet
 
-__all__ = ["ConditionalUNet", "FeatureConditionGenerator", "HDRConditionalUNet"]
+__all__ = ["ConditionalUNet", "FeatureConditionGenerator", "HDRConditionalUNet", "PatchDiscriminator"]

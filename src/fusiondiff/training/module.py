@@ -56,6 +56,13 @@ class DiffusionFusionModule(L.LightningModule):
             ``hdr_reference`` (see ``to_diffused``).
         image_loss_weight: weight λ of an L1 loss on the x̂0 implied by the network output (in the
             target's domain, e.g. μ-law tonemapped HDR), added to the MSE (the HDR image-space loss).
+        adversarial_weight: weight λ_adv of a hinge GAN loss on the x̂0 image (0, the default: off, and
+            training is exactly the plain diffusion loss). When on, a PatchGAN critic (``discriminator``,
+            default :class:`~fusiondiff.models.PatchDiscriminator`) is trained against the clean targets
+            with its own optimizer (built by ``optimizer``), through Lightning's manual optimization: per
+            batch one generator step, then one critic step. Manual optimization counts **both** steps in
+            ``trainer.global_step``; ``train.py`` doubles ``trainer.max_steps`` so that it still counts batches,
+            and moves the Trainer's ``gradient_clip_val`` to ``grad_clip`` (Lightning refuses it here).
         bundle_config: plain dict describing how to rebuild net and schedule (stored in checkpoints
             so :func:`fusiondiff.training.export.export_bundle` needs nothing else).
     """
@@ -74,6 +81,9 @@ class DiffusionFusionModule(L.LightningModule):
         prediction: str = "eps",
         residual: bool | str = False,
         image_loss_weight: float = 0.0,
+        adversarial_weight: float = 0.0,
+        discriminator: nn.Module | None = None,
+        grad_clip: float | None = None,
         bundle_config: dict | None = None,
     ) -> None:
         super().__init__()
@@ -82,6 +92,17 @@ class DiffusionFusionModule(L.LightningModule):
         if image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")
         self.image_loss_weight = image_loss_weight
+        if adversarial_weight < 0:
+            raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
+        self.adversarial_weight, self.grad_clip = float(adversarial_weight), grad_clip
+        self.discriminator = None
+        if self.adversarial_weight > 0:
+            from fusiondiff.models.discriminator import PatchDiscriminator
+
+            self.discriminator = discriminator or PatchDiscriminator(getattr(net, "image_channels", 3))
+            self.automatic_optimization = False
+        elif discriminator is not None:
+            raise ValueError("a discriminator was given but adversarial_weight is 0; set adversarial_weight > 0 to use it")
         if prediction == "blend" and residual not in (False, "decision_map"):
             raise ValueError(f"prediction=blend takes residual=false or decision_map (a logit prior), got {residual!r}")
         self.image_residual, self.blend_prior = split_residual(prediction, residual)
@@ -103,7 +124,8 @@ class DiffusionFusionModule(L.LightningModule):
         """The EMA network if EMA is on, else the raw one."""
         return self.ema.module if self.ema is not None else self.net
 
-    def diffusion_loss(self, batch: dict) -> torch.Tensor:
+    def diffusion_loss(self, batch: dict, return_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of a batch (and, with ``return_x0``, the x̂0 *image* it implies, for the critic)."""
         sources = batch["sources"]
         target = to_diffused(batch["target"], sources, self.image_residual)
         t = torch.randint(0, self.schedule.num_timesteps, (target.shape[0],), device=target.device)
@@ -113,17 +135,52 @@ class DiffusionFusionModule(L.LightningModule):
         if self.prediction == "blend":
             out = blend_sources(out, sources, self.blend_prior)
         loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
+        x0_hat = None
+        if self.image_loss_weight > 0 or return_x0:
+            if self.prediction in ("x0", "blend"):
+                x0_hat = out.clamp(-2, 2)
+            else:
+                eps = eps_from_output(self.schedule, self.prediction, x_t, t, out)
+                x0_hat = self.schedule.predict_x0(x_t, t, eps).clamp(-2, 2).to(out.dtype)  # bounded where ᾱ ≈ 0
         if self.image_loss_weight > 0:
-            eps = eps_from_output(self.schedule, self.prediction, x_t, t, out)
-            x0_hat = self.schedule.predict_x0(x_t, t, eps).clamp(-2, 2)  # bounded where ᾱ ≈ 0
             loss = loss + self.image_loss_weight * F.l1_loss(x0_hat, target)
+        if return_x0:
+            return loss, from_diffused(x0_hat, sources, self.image_residual)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "target" not in batch:
             raise ValueError("training needs ground-truth targets; this dataset has none")
-        loss = self.diffusion_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
+        bs = batch["target"].shape[0]
+        if self.discriminator is None:
+            loss = self.diffusion_loss(batch)
+            self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+            return loss
+        return self._adversarial_step(batch, bs)
+
+    def _adversarial_step(self, batch: dict, bs: int) -> torch.Tensor:
+        """One generator step (diffusion loss + λ_adv · hinge G loss), then one critic step (hinge D loss)."""
+        from fusiondiff.models.discriminator import hinge_d_loss, hinge_g_loss
+
+        opt_g, opt_d = self.optimizers()
+        loss, fake = self.diffusion_loss(batch, return_x0=True)
+        self.discriminator.requires_grad_(False)
+        g_adv = hinge_g_loss(self.discriminator(fake))
+        self.discriminator.requires_grad_(True)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss + self.adversarial_weight * g_adv)
+        if self.grad_clip:
+            self.clip_gradients(opt_g, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        d_loss = hinge_d_loss(self.discriminator(batch["target"]), self.discriminator(fake.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({"train/g_adv": g_adv, "train/d_loss": d_loss}, batch_size=bs)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -132,9 +189,12 @@ class DiffusionFusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.net.parameters())
-        if self.lr_scheduler_factory is None:
+        scheduler = None if self.lr_scheduler_factory is None else self.lr_scheduler_factory(optimizer=optimizer)
+        if self.discriminator is not None:  # manual optimization: the generator's scheduler is stepped by hand
+            critic = self.optimizer_factory(params=self.discriminator.parameters())
+            return [optimizer, critic], ([] if scheduler is None else [scheduler])
+        if scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- validation
