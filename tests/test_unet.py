@@ -46,3 +46,26 @@ def test_clear_errors():
         net(torch.randn(1, 3, 16, 16), torch.tensor([0]))
     with pytest.raises(ValueError, match="attention_levels"):
         ConditionalUNet(channel_mult=(1, 2), attention_levels=[5])
+
+
+def test_decision_map_unet_sees_the_focus_features():
+    from fusiondiff.fusion.classical import decision_weights, focus_features
+    from fusiondiff.models import DecisionMapUNet
+
+    torch.manual_seed(0)
+    net = DecisionMapUNet(3, 2, base_channels=8, channel_mult=[1, 2], num_res_blocks=1, out_channels=2)
+    assert net.source_channels == 5  # RGB + decision one-hot + SML share
+    sources = torch.rand(2, 2, 3, 20, 18) * 2 - 1
+    feats = focus_features(sources)
+    assert feats.shape == (2, 2, 2, 20, 18)
+    assert torch.equal(feats[:, :, :1], decision_weights(sources))
+    torch.testing.assert_close(feats[:, :, 1].sum(1), torch.ones(2, 20, 18))
+    for p in net.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    out = net(torch.zeros(2, 3, 20, 18), torch.tensor([3, 7]), sources)
+    assert out.shape == (2, 2, 20, 18)
+    torch.testing.assert_close(out, net(torch.zeros(2, 3, 20, 18), torch.tensor([3, 7]), sources.flatten(1, 2)))
+    with pytest.raises(ValueError, match="plain image sources"):
+        DecisionMapUNet(3, 2, source_channels=6)
+    with pytest.raises(ValueError, match="at least two sources"):
+        DecisionMapUNet(3, 1)

@@ -140,6 +140,17 @@ def decision_weights(sources: Tensor, radius: int = 3, consistency_radius: int =
     return _select_max(smoothed)
 
 
+def focus_features(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
+    """Per source, [B, N, 2, H, W]: the decision map's one-hot choice (:func:`decision_weights`) and the
+    source's share of the SML focus measure, SML_i / Σ_j SML_j (1/N where all are flat): what the decision
+    map decided and how sure the focus measure is. Inputs of :class:`fusiondiff.models.DecisionMapUNet`."""
+    b, n, c, h, w = sources.shape
+    sml = sum_modified_laplacian(_gray(sources.reshape(b * n, c, h, w)), radius).reshape(b, n, 1, h, w)
+    total = sml.sum(1, keepdim=True)
+    share = torch.where(total > 1e-8, sml / total.clamp_min(1e-8), torch.full_like(sml, 1.0 / n))
+    return torch.cat([decision_weights(sources, radius, consistency_radius), share], dim=2)
+
+
 @_batched
 def decision_map(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
     """Focus-measure fusion: copy, per pixel, the source chosen by :func:`decision_weights`."""

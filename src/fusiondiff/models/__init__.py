@@ -2,6 +2,6 @@
 
 from fusiondiff.models.discriminator import PatchDiscriminator
 from fusiondiff.models.hdr import FeatureConditionGenerator, HDRConditionalUNet
-from fusiondiff.models.unet import ConditionalUNet
+from fusiondiff.models.unet import ConditionalUNet, DecisionMapUNet
 
-__all__ = ["ConditionalUNet", "FeatureConditionGenerator", "HDRConditionalUNet", "PatchDiscriminator"]
+__all__ = ["ConditionalUNet", "DecisionMapUNet", "FeatureConditionGenerator", "HDRConditionalUNet", "PatchDiscriminator"]

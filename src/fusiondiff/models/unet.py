@@ -223,3 +223,33 @@ class ConditionalUNet(nn.Module):
             else:
                 hidden = stage(hidden)
         return self.out(hidden)[..., :h, :w]
+
+
+class DecisionMapUNet(ConditionalUNet):
+    """A :class:`ConditionalUNet` that also sees, per source, the classical decision map's choice and the
+    SML focus share (:func:`fusiondiff.fusion.classical.focus_features`), computed from the sources inside
+    ``forward``: two extra input channels per source, nothing to change in data or samplers. Meant for
+    ``prediction=blend``: turning the decision map into confident weights is then a near-linear function
+    of an input, and the network spends its capacity on where the decision map is wrong.
+    """
+
+    EXTRA_CHANNELS = 2
+
+    def __init__(self, image_channels: int = 3, num_sources: int = 2, source_channels: int | None = None, **kwargs) -> None:
+        if source_channels not in (None, image_channels):
+            raise ValueError(f"DecisionMapUNet takes plain image sources ({image_channels} channels), got {source_channels}")
+        if num_sources < 2:
+            raise ValueError("DecisionMapUNet needs at least two sources (a decision map chooses between them)")
+        super().__init__(image_channels, num_sources, source_channels=image_channels + self.EXTRA_CHANNELS, **kwargs)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        from fusiondiff.fusion.classical import focus_features
+
+        if cond is None:
+            raise ValueError(f"this network needs {self.num_sources} source images as cond")
+        if cond.dim() == 4:
+            cond = cond.reshape(cond.shape[0], self.num_sources, -1, *cond.shape[-2:])
+        if cond.dim() != 5 or cond.shape[2] != self.image_channels:
+            raise ValueError(f"cond must be [B, {self.num_sources}, {self.image_channels}, H, W], got {tuple(cond.shape)}")
+        features = focus_features(cond.float()).to(cond.dtype)
+        return super().forward(x_t, t, torch.cat([cond, features], dim=2))
