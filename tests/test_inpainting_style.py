@@ -125,3 +125,30 @@ def test_style_fusion_cli(tmp_path):
     assert written[0] == out and out.is_file()
     with pytest.raises(ValueError, match="content=<image A> and style=<image B>"):
         infer(compose_config("infer", ["mode=style_fusion", f"prior={prior}", f"content={a}", f"output={out}"]))
+
+
+@pytest.mark.skipif(
+    not all(
+        __import__("fusiondiff.metrics.perceptual", fromlist=["x"]).cached_backbone_path(n).is_file() for n in ("alex", "vgg")
+    ),
+    reason="LPIPS weights not prepared: run python scripts/prepare_lpips_weights.py",
+)
+def test_style_and_content_scores():
+    from fusiondiff.metrics.style import content_distance, gram_matrices, style_distance
+
+    import torch.nn.functional as F
+
+    from fusiondiff.data.datasets import skimage_photos
+
+    coffee, rocket = skimage_photos(["coffee", "rocket"])
+    a = F.interpolate(coffee[None], (64, 64), mode="area")[0]
+    b = F.interpolate(rocket[None], (48, 72), mode="area")[0]
+    grams = gram_matrices(a)
+    assert [g.shape[-1] for g in grams] == [64, 128, 256, 512, 512]
+    assert style_distance(a, a).item() == pytest.approx(0.0, abs=1e-12)
+    # Gram matrices pool over positions: a mirrored photo is closer in style than another photo
+    assert style_distance(a, a.flip(-1)).item() < style_distance(a, b).item()
+    assert style_distance(torch.stack([a, a]), b).shape == (2,)  # sizes may differ
+    assert content_distance(a, a).item() == pytest.approx(0.0, abs=1e-6) and content_distance(a, a.flip(-1)).item() > 0.05
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        style_distance(a * 3, b)
