@@ -81,10 +81,10 @@ def job_sample(args: dict) -> dict:
 
 
 def job_net_step(args: dict) -> dict:
-    from fusiondiff.models import ConditionalUNet
+    from fusiondiff.inference import build_net
 
     torch.set_num_threads(args["threads"])
-    net = ConditionalUNet(**args["net"]).eval().to(args["device"])
+    net = build_net(args["net"]).eval().to(args["device"])
     x = torch.randn(1, 3, *args["size"], device=args["device"])
     cond = torch.randn(1, 2, 3, *args["size"], device=args["device"])
     t = torch.tensor([100], device=args["device"])
@@ -100,10 +100,10 @@ def job_net_step(args: dict) -> dict:
 def job_train(args: dict) -> dict:
     import torch.nn.functional as F
 
-    from fusiondiff.models import ConditionalUNet
+    from fusiondiff.inference import build_net
 
     torch.set_num_threads(args["threads"])
-    net = ConditionalUNet(**args["net"]).train().to(args["device"])
+    net = build_net(args["net"]).train().to(args["device"])
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     b, c = args["batch"], args["crop"]
     x = torch.randn(b, 3, c, c, device=args["device"])
@@ -135,9 +135,10 @@ def model_configs() -> dict[str, dict]:
     out = {}
     for path in sorted(Path("conf/model").glob("*.yaml")):
         cfg = OmegaConf.to_container(OmegaConf.load(path))
-        if cfg.get("_target_") != "fusiondiff.models.ConditionalUNet":
+        if cfg.get("_target_") not in ("fusiondiff.models.ConditionalUNet", "fusiondiff.models.DecisionMapUNet"):
             continue  # HDR networks have their own inputs
-        out[path.stem] = {k: v for k, v in cfg.items() if k != "_target_"} | {"image_channels": 3, "num_sources": 2}
+        # resolved as for task=multifocus: 3-channel images, two sources, ε output
+        out[path.stem] = cfg | {"image_channels": 3, "num_sources": 2, "source_channels": None, "out_channels": None}
     return out
 
 
