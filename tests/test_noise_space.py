@@ -47,7 +47,7 @@ def test_style_ratio_zero_is_the_content_and_one_keeps_content_structure(skip, t
     # full strength: x_T and the first half of the maps still come from A (statistics moved to B's), the rest from B
     x_start, zs = fuse_inversions(invs, ratio_weights(1.0), "style", skip=skip)
     assert torch.equal(x_start, invs[0].xs[skip])
-    k, from_b = len(ts), round(len(ts) / 2)
+    k, from_b = len(ts), round(len(ts) / 4)
     assert torch.equal(zs[k - from_b :], invs[1].zs[k - from_b :])
     assert not torch.equal(zs[0], invs[0].zs[0]) and not torch.equal(zs[0], invs[1].zs[0])
 
