@@ -134,11 +134,10 @@ def test_style_fusion_cli(tmp_path):
     reason="LPIPS weights not prepared: run python scripts/prepare_lpips_weights.py",
 )
 def test_style_and_content_scores():
-    from fusiondiff.metrics.style import content_distance, gram_matrices, style_distance
-
     import torch.nn.functional as F
 
     from fusiondiff.data.datasets import skimage_photos
+    from fusiondiff.metrics.style import content_distance, gram_matrices, style_distance
 
     coffee, rocket = skimage_photos(["coffee", "rocket"])
     a = F.interpolate(coffee[None], (64, 64), mode="area")[0]
