@@ -278,6 +278,26 @@ def split_restoration_source(sources: torch.Tensor) -> tuple[torch.Tensor, torch
     return sources[:, 0, :-1], sources[:, 0, -1:]
 
 
+def telea_fill(sources: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Restoration sources [B, 1, C + 1, H, W] -> [B, C, H, W]: the degraded image with its hole filled by
+    OpenCV's Telea inpainting (8-bit, ``radius``); images without a hole are returned as they are. The
+    ``residual: telea`` base of ``task=restoration``: the model starts at Telea's fill and learns the rest."""
+    import cv2
+    import numpy as np
+
+    degraded, mask = split_restoration_source(sources)
+    out = degraded.clone()
+    for i in range(degraded.shape[0]):
+        hole = mask[i, 0] > 0.5
+        if not hole.any():
+            continue
+        img = ((degraded[i].detach().float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        filled = cv2.inpaint(np.ascontiguousarray(img), hole.cpu().numpy().astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
+        filled = torch.from_numpy(filled.reshape(img.shape)).permute(2, 0, 1).to(out) / 127.5 - 1
+        out[i] = torch.where(hole.to(out.device), filled, degraded[i])  # known pixels exactly as given
+    return out
+
+
 def load_degraded(path: str | Path, mask: str | Path | None, channels: int = 3) -> torch.Tensor:
     """A degraded image file (and optional hole mask file) as model sources [1, C + 1, H, W]."""
     image = to_channels(read_image(path, channels), channels)

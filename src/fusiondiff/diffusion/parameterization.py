@@ -98,7 +98,7 @@ class EpsDenoiser(nn.Module):
 
 
 RESIDUAL_CLASSICAL = ("average", "laplacian_pyramid", "guided_filter", "decision_map")
-RESIDUALS = (False, True, "mean", "hdr_merge", *RESIDUAL_CLASSICAL)
+RESIDUALS = (False, True, "mean", "hdr_merge", "telea", *RESIDUAL_CLASSICAL)
 
 
 def check_residual(residual: bool | str) -> bool | str:
@@ -113,8 +113,13 @@ def residual_base(sources: torch.Tensor, residual: bool | str = "mean") -> torch
     ``mean`` (or True): the mean of the sources. A classical method's name (``decision_map``,
     ``guided_filter``, ...): its fusion (:mod:`fusiondiff.fusion.classical`), so the model starts at that
     method's quality and learns the correction. ``hdr_merge``: the μ-law tonemapped exposure-weighted
-    merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`).
+    merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`). ``telea``: restoration sources
+    with their hole filled by OpenCV's Telea inpainting (:func:`fusiondiff.data.degradations.telea_fill`).
     """
+    if residual == "telea":
+        from fusiondiff.data.degradations import telea_fill
+
+        return telea_fill(sources)
     if residual == "hdr_merge":
         from fusiondiff.data.hdr import merge_estimate
 
