@@ -12,7 +12,7 @@ from fusiondiff.priors import DiffusersPixelPrior, load_prior
 from fusiondiff.zero_shot import NoiseSpaceFusion
 
 from conftest import save_png, synthetic_triplet
-from helpers import compose_config, write_tiny_bundle, write_tiny_diffusers_pixel
+from helpers import compose_config, write_tiny_bundle, write_tiny_diffusers_pixel, write_tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,17 @@ def test_inpainting_keeps_the_known_region_and_changes_the_hole(request, prior_n
     assert (out - img)[:, known].abs().max() < 1e-6
     assert (out - img)[:, hole].abs().mean() > 0.05
     assert out.min() >= -1 and out.max() <= 1
+
+
+@pytest.mark.parametrize("method", ["repaint", "edit_friendly"])
+def test_latent_inpainting_with_stable_diffusion_keeps_known_pixels(tmp_path_factory, method):
+    prior = load_prior(write_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "sd"))
+    img, mask = image_and_mask()
+    out = NoiseSpaceFusion(prior).inpaint(img, mask, steps=4, method=method)
+    known = mask[0] == 0
+    assert out.shape == img.shape and torch.isfinite(out).all()
+    assert torch.equal(out[:, known], img[:, known])  # copied back after decoding
+    assert (out - img)[:, ~known].abs().mean() > 0.01
 
 
 def test_repaint_resampling_visits_more_steps():
