@@ -21,13 +21,18 @@ import json
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 
 from fusiondiff.data import write_image
 from fusiondiff.data.datasets import SKIMAGE_HELDOUT_PHOTOS
-from fusiondiff.data.degradations import DEGRADATIONS, Degrader, SyntheticRestoration, split_restoration_source
+from fusiondiff.data.degradations import (
+    DEGRADATIONS,
+    OPENCV_INPAINT,
+    Degrader,
+    SyntheticRestoration,
+    opencv_inpaint,
+    split_restoration_source,
+)
 from fusiondiff.inference import FusionPipeline
 from fusiondiff.metrics import lpips_distance, psnr, ssim
 from fusiondiff.metrics.fusion import average_gradient, spatial_frequency
@@ -35,14 +40,6 @@ from fusiondiff.metrics.fusion import average_gradient, spatial_frequency
 METRICS = {"PSNR": psnr, "SSIM": ssim, "LPIPS": lpips_distance}
 SHARPNESS = {"SF": spatial_frequency, "AG": average_gradient}
 HIGHER_IS_BETTER = {"PSNR": True, "SSIM": True, "LPIPS": False}
-
-
-def opencv_inpaint(degraded: torch.Tensor, mask: torch.Tensor, method: int) -> torch.Tensor:
-    """cv2.inpaint on 8-bit RGB (radius 3); degraded [3, H, W] in [-1, 1], mask [1, H, W] (1 = hole)."""
-    img = ((degraded.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    hole = (mask[0].numpy() > 0.5).astype(np.uint8) * 255
-    out = cv2.inpaint(np.ascontiguousarray(img), hole, 3, method)
-    return torch.from_numpy(out).permute(2, 0, 1).float() / 127.5 - 1
 
 
 def to255(x: torch.Tensor) -> torch.Tensor:
@@ -77,9 +74,9 @@ def main() -> None:
     outputs: dict[str, torch.Tensor] = {"identity": degraded}
     seconds: dict[str, float] = {"identity": 0.0}
     if args.kind == "inpaint":
-        for name, flag in (("telea", cv2.INPAINT_TELEA), ("navier_stokes", cv2.INPAINT_NS)):
+        for name in OPENCV_INPAINT:
             start = time.perf_counter()
-            outputs[name] = torch.stack([opencv_inpaint(d, m, flag) for d, m in zip(degraded, mask, strict=True)])
+            outputs[name] = torch.stack([opencv_inpaint(d, m, name) for d, m in zip(degraded, mask, strict=True)])
             seconds[name] = (time.perf_counter() - start) / len(items)
     for path in args.models:
         pipe = FusionPipeline.from_file(path)

@@ -19,11 +19,10 @@ import argparse
 import time
 from pathlib import Path
 
-import cv2
 import torch
 
 from fusiondiff.data import write_image
-from fusiondiff.data.degradations import random_hole_mask
+from fusiondiff.data.degradations import opencv_inpaint, random_hole_mask
 from fusiondiff.metrics import lpips_distance, psnr
 from fusiondiff.metrics.style import content_distance, style_distance
 from fusiondiff.priors import load_prior
@@ -36,7 +35,6 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from evaluate_restoration import opencv_inpaint
     from zero_shot_figure import default_pair
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +56,7 @@ def main() -> None:
     for k, image in enumerate(images):
         mask = random_hole_mask(args.size, args.size, torch.Generator().manual_seed(args.seed + k), coverage=(0.15, 0.3))
         masked = image * (1 - mask) + mask  # white hole for display
-        results = {"telea": opencv_inpaint(image * (1 - mask), mask, cv2.INPAINT_TELEA)}
+        results = {"telea": opencv_inpaint(image * (1 - mask), mask, "telea")}
         for name, opts in (("repaint", {}), (f"repaint_j{args.jump}_r{args.resample}", {"jump_length": args.jump,
                            "resample": args.resample}), ("edit_friendly", {"method": "edit_friendly"})):  # fmt: skip
             start = time.perf_counter()

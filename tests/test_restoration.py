@@ -14,11 +14,10 @@ from fusiondiff.data.degradations import (
     add_noise,
     check_mask,
     down_up,
-    motion_kernel,
     random_hole_mask,
     read_mask,
 )
-from fusiondiff.filters import gaussian_kernel
+from fusiondiff.filters import gaussian_kernel, motion_kernel
 
 from conftest import save_png, synthetic_triplet
 from helpers import TINY, compose_config

@@ -29,6 +29,16 @@ def disk_kernel(radius: float) -> torch.Tensor:
     return k / k.sum()
 
 
+def motion_kernel(length: float, angle: float) -> torch.Tensor:
+    """Normalised linear motion-blur kernel of ``length`` px at ``angle`` radians (anti-aliased line)."""
+    r = max(1, int(math.ceil(length / 2)))
+    y, x = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing="ij")
+    c, s = math.cos(angle), math.sin(angle)
+    along, across = x * c + y * s, -x * s + y * c
+    k = (1 - across.abs()).clamp(0, 1) * (length / 2 + 0.5 - along.abs()).clamp(0, 1)
+    return k / k.sum()
+
+
 def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Filter with a 2-D kernel (kornia ``filter2d``), reflected borders (replicated if the image is too small)."""
     unbatched = image.dim() == 3

@@ -262,6 +262,7 @@ def restore(cfg: DictConfig) -> list[Path]:
 def inpaint(cfg: DictConfig) -> list[Path]:
     """Zero-shot inpainting of ``input`` inside ``mask`` (white = hole) with the unconditional ``prior``."""
     from fusiondiff.data.degradations import read_mask
+    from fusiondiff.data.io import to_channels
     from fusiondiff.priors import load_prior
     from fusiondiff.zero_shot import INPAINT_METHODS, NoiseSpaceFusion, Prompts
 
@@ -273,7 +274,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     image = read_image(cfg.input)
     mask = read_mask(cfg.mask, *image.shape[-2:])
     prior = load_prior(cfg.prior, device=resolve_device(cfg.device))
-    image = image if image.shape[0] == prior.channels else read_image(cfg.input, prior.channels)
+    image = to_channels(image, prior.channels)
     prompt, guidance = cfg.fusion.prompt_tar or cfg.fusion.prompt_src or "", float(cfg.fusion.cfg_tar or cfg.fusion.cfg_src)
     fuser = NoiseSpaceFusion(prior, Prompts(prompt, None, guidance))
     start = time.perf_counter()

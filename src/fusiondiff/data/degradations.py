@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.data.datasets import PairedAugment, PhotoPatches, _generator, random_crop
-from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, read_image, to_channels
-from fusiondiff.filters import blur, gaussian_kernel
+from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, read_image
+from fusiondiff.filters import blur, gaussian_kernel, motion_kernel
 
 DEGRADATIONS = ("inpaint", "noise", "blur", "sr")
 
@@ -99,16 +99,6 @@ def random_hole_mask(
     top, left = (height - bh) // 2, (width - bw) // 2
     mask[:, top : top + bh, left : left + bw] = 1
     return mask
-
-
-def motion_kernel(length: float, angle: float) -> torch.Tensor:
-    """Normalised linear motion-blur kernel of ``length`` px at ``angle`` radians (anti-aliased line)."""
-    r = max(1, int(math.ceil(length / 2)))
-    y, x = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing="ij")
-    c, s = math.cos(angle), math.sin(angle)
-    along, across = x * c + y * s, -x * s + y * c
-    k = (1 - across.abs()).clamp(0, 1) * (length / 2 + 0.5 - along.abs()).clamp(0, 1)
-    return k / k.sum()
 
 
 def add_noise(image: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
@@ -278,29 +268,38 @@ def split_restoration_source(sources: torch.Tensor) -> tuple[torch.Tensor, torch
     return sources[:, 0, :-1], sources[:, 0, -1:]
 
 
-def telea_fill(sources: torch.Tensor, radius: int = 3) -> torch.Tensor:
-    """Restoration sources [B, 1, C + 1, H, W] -> [B, C, H, W]: the degraded image with its hole filled by
-    OpenCV's Telea inpainting (8-bit, ``radius``); images without a hole are returned as they are. The
-    ``residual: telea`` base of ``task=restoration``: the model starts at Telea's fill and learns the rest."""
+OPENCV_INPAINT = ("telea", "navier_stokes")
+
+
+def opencv_inpaint(image: torch.Tensor, mask: torch.Tensor, method: str = "telea", radius: int = 3) -> torch.Tensor:
+    """OpenCV inpainting (on 8 bits) of image [C, H, W] in [-1, 1] inside ``mask`` [1, H, W] (1 = hole); the
+    known pixels are returned exactly as given. The classical baselines of restoration (Telea, Navier-Stokes)."""
     import cv2
     import numpy as np
 
+    if method not in OPENCV_INPAINT:
+        raise ValueError(f"unknown OpenCV inpainting method {method!r}; valid: {', '.join(OPENCV_INPAINT)}")
+    hole = mask[0] > 0.5
+    if not hole.any():
+        return image.clone()
+    img = ((image.detach().float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    filled = cv2.inpaint(np.ascontiguousarray(img), hole.cpu().numpy().astype(np.uint8) * 255, radius, flag)
+    filled = torch.from_numpy(filled.reshape(img.shape)).permute(2, 0, 1).to(image) / 127.5 - 1
+    return torch.where(hole.to(image.device), filled, image)
+
+
+def telea_fill(sources: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Restoration sources [B, 1, C + 1, H, W] -> [B, C, H, W]: the degraded image with its hole filled by
+    :func:`opencv_inpaint` (Telea); images without a hole are returned as they are. The ``residual: telea``
+    base of ``task=restoration``: the model starts at Telea's fill and learns the rest."""
     degraded, mask = split_restoration_source(sources)
-    out = degraded.clone()
-    for i in range(degraded.shape[0]):
-        hole = mask[i, 0] > 0.5
-        if not hole.any():
-            continue
-        img = ((degraded[i].detach().float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-        filled = cv2.inpaint(np.ascontiguousarray(img), hole.cpu().numpy().astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
-        filled = torch.from_numpy(filled.reshape(img.shape)).permute(2, 0, 1).to(out) / 127.5 - 1
-        out[i] = torch.where(hole.to(out.device), filled, degraded[i])  # known pixels exactly as given
-    return out
+    return torch.stack([opencv_inpaint(d, m, "telea", radius) for d, m in zip(degraded, mask, strict=True)])
 
 
 def load_degraded(path: str | Path, mask: str | Path | None, channels: int = 3) -> torch.Tensor:
     """A degraded image file (and optional hole mask file) as model sources [1, C + 1, H, W]."""
-    image = to_channels(read_image(path, channels), channels)
+    image = read_image(path, channels)
     h, w = image.shape[-2:]
     m = read_mask(mask, h, w) if mask else torch.zeros(1, h, w)
     return restoration_source(image, m)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fusiondiff.diffusion.inversion import Inversion, _prev_alpha_bars
+from fusiondiff.diffusion.inversion import Inversion, _prev_alpha_bars, regenerate
 from fusiondiff.diffusion.samplers import Denoiser, _check_timesteps, _denoise, ddim_mean_sigma
 from fusiondiff.diffusion.schedules import NoiseSchedule
 
@@ -97,14 +97,10 @@ def edit_friendly_inpaint(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Regenerate the inversion ``inv`` of x0 with fresh noise maps (and x_T) in the hole; see the module docstring."""
-    ts = _check_timesteps(schedule, inv.timesteps)
     m = _check(x0, mask)
     if inv.xs.shape[1:] != x0.shape:
         raise ValueError(f"the inversion is of images {tuple(inv.xs.shape[1:])}, x0 is {tuple(x0.shape)}")
-    prevs = _prev_alpha_bars(schedule, ts)
-    x = m * _randn(x0, generator) + (1 - m) * inv.xs[0]
-    for i, t in enumerate(ts):
-        eps, x0_hat = _denoise(denoiser, schedule, x, t, cond, inv.clip_x0)
-        mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(t).item(), prevs[i], inv.eta)
-        x = mean + sigma * (m * _randn(x0, generator) + (1 - m) * inv.zs[i])
+    x_start = m * _randn(x0, generator) + (1 - m) * inv.xs[0]
+    zs = torch.stack([m * _randn(x0, generator) + (1 - m) * z for z in inv.zs])
+    x = regenerate(denoiser, schedule, x_start, zs, inv.timesteps, cond, eta=inv.eta, clip_x0=inv.clip_x0)
     return m * x + (1 - m) * x0
