@@ -176,9 +176,10 @@ def test_mixed_degradation_config_composes_and_runs(tmp_path):
     assert objects["trainer"].global_step == 1
 
 
-def test_telea_residual_base_keeps_known_pixels_and_fills_holes():
-    from fusiondiff.data.degradations import restoration_source, telea_fill
-    from fusiondiff.diffusion.parameterization import from_diffused, to_diffused
+@pytest.mark.parametrize("method", ["telea", "navier_stokes"])
+def test_inpainting_residual_base_keeps_known_pixels_and_fills_holes(method):
+    from fusiondiff.data.degradations import inpaint_fill, restoration_source
+    from fusiondiff.diffusion.parameterization import from_diffused, residual_base, to_diffused
 
     clean = torch.from_numpy(synthetic_triplet(2, 32, 32)[2]).permute(2, 0, 1).float() / 127.5 - 1
     mask = torch.zeros(1, 32, 32)
@@ -186,10 +187,11 @@ def test_telea_residual_base_keeps_known_pixels_and_fills_holes():
     with_hole = restoration_source(clean * (1 - mask), mask)
     noisy = restoration_source(clean * 0.9, torch.zeros(1, 32, 32))
     sources = torch.cat([with_hole, noisy])[:, None]  # [2, 1, 4, H, W]
-    base = telea_fill(sources)
+    base = inpaint_fill(sources, method)
     hole = mask[0] == 1
     assert torch.equal(base[0][:, ~hole], clean[:, ~hole])  # known pixels exactly as given
     assert (base[0] - clean)[:, hole].abs().mean() < (0 - clean)[:, hole].abs().mean()  # better than the grey hole
     assert torch.equal(base[1], clean * 0.9)  # no hole: the degraded image itself
     target = torch.stack([clean, clean])
-    torch.testing.assert_close(from_diffused(to_diffused(target, sources, "telea"), sources, "telea"), target)
+    torch.testing.assert_close(from_diffused(to_diffused(target, sources, method), sources, method), target)
+    torch.testing.assert_close(residual_base(sources, method), base)

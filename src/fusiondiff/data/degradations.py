@@ -289,12 +289,13 @@ def opencv_inpaint(image: torch.Tensor, mask: torch.Tensor, method: str = "telea
     return torch.where(hole.to(image.device), filled, image)
 
 
-def telea_fill(sources: torch.Tensor, radius: int = 3) -> torch.Tensor:
+def inpaint_fill(sources: torch.Tensor, method: str = "telea", radius: int = 3) -> torch.Tensor:
     """Restoration sources [B, 1, C + 1, H, W] -> [B, C, H, W]: the degraded image with its hole filled by
-    :func:`opencv_inpaint` (Telea); images without a hole are returned as they are. The ``residual: telea``
-    base of ``task=restoration``: the model starts at Telea's fill and learns the rest."""
+    :func:`opencv_inpaint` (``telea`` or ``navier_stokes``); images without a hole are returned as they are.
+    The ``residual: telea`` / ``navier_stokes`` base of ``task=restoration``: the model starts at that
+    classical fill and learns the rest."""
     degraded, mask = split_restoration_source(sources)
-    return torch.stack([opencv_inpaint(d, m, "telea", radius) for d, m in zip(degraded, mask, strict=True)])
+    return torch.stack([opencv_inpaint(d, m, method, radius) for d, m in zip(degraded, mask, strict=True)])
 
 
 def load_degraded(path: str | Path, mask: str | Path | None, channels: int = 3) -> torch.Tensor:

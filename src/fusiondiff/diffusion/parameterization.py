@@ -98,7 +98,8 @@ class EpsDenoiser(nn.Module):
 
 
 RESIDUAL_CLASSICAL = ("average", "laplacian_pyramid", "guided_filter", "decision_map")
-RESIDUALS = (False, True, "mean", "hdr_merge", "telea", *RESIDUAL_CLASSICAL)
+RESIDUAL_INPAINT = ("telea", "navier_stokes")  # = fusiondiff.data.degradations.OPENCV_INPAINT
+RESIDUALS = (False, True, "mean", "hdr_merge", *RESIDUAL_INPAINT, *RESIDUAL_CLASSICAL)
 
 
 def check_residual(residual: bool | str) -> bool | str:
@@ -113,13 +114,14 @@ def residual_base(sources: torch.Tensor, residual: bool | str = "mean") -> torch
     ``mean`` (or True): the mean of the sources. A classical method's name (``decision_map``,
     ``guided_filter``, ...): its fusion (:mod:`fusiondiff.fusion.classical`), so the model starts at that
     method's quality and learns the correction. ``hdr_merge``: the μ-law tonemapped exposure-weighted
-    merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`). ``telea``: restoration sources
-    with their hole filled by OpenCV's Telea inpainting (:func:`fusiondiff.data.degradations.telea_fill`).
+    merge of HDR sources (see :func:`fusiondiff.data.hdr.merge_estimate`). ``telea`` /
+    ``navier_stokes``: restoration sources with their hole filled by that OpenCV inpainting
+    (:func:`fusiondiff.data.degradations.inpaint_fill`).
     """
-    if residual == "telea":
-        from fusiondiff.data.degradations import telea_fill
+    if residual in RESIDUAL_INPAINT:
+        from fusiondiff.data.degradations import inpaint_fill
 
-        return telea_fill(sources)
+        return inpaint_fill(sources, residual)
     if residual == "hdr_merge":
         from fusiondiff.data.hdr import merge_estimate
 

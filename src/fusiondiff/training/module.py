@@ -56,6 +56,10 @@ class DiffusionFusionModule(L.LightningModule):
             ``hdr_reference`` (see ``to_diffused``).
         image_loss_weight: weight λ of an L1 loss on the x̂0 implied by the network output (in the
             target's domain, e.g. μ-law tonemapped HDR), added to the MSE (the HDR image-space loss).
+        sampler_timestep_fraction: fraction of training samples whose t is one of the timesteps the
+            validation/default sampler visits (``val_steps`` respaced, e.g. only t = T-1 for 1 step) instead
+            of U{0..T-1} (0, the default: plain uniform t). For few-step models: at t = T-1 the input is pure
+            noise, and a network that saw it rarely lets that noise leak into its 1-step output.
         adversarial_weight: weight λ_adv of a hinge GAN loss on the x̂0 image (0, the default: off, and
             training is exactly the plain diffusion loss). When on, a PatchGAN critic (``discriminator``,
             default :class:`~fusiondiff.models.PatchDiscriminator`) is trained against the clean targets
@@ -81,6 +85,7 @@ class DiffusionFusionModule(L.LightningModule):
         prediction: str = "eps",
         residual: bool | str = False,
         image_loss_weight: float = 0.0,
+        sampler_timestep_fraction: float = 0.0,
         adversarial_weight: float = 0.0,
         discriminator: nn.Module | None = None,
         grad_clip: float | None = None,
@@ -92,6 +97,9 @@ class DiffusionFusionModule(L.LightningModule):
         if image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")
         self.image_loss_weight = image_loss_weight
+        if not 0 <= sampler_timestep_fraction <= 1:
+            raise ValueError(f"sampler_timestep_fraction must be in [0, 1], got {sampler_timestep_fraction}")
+        self.sampler_timestep_fraction = float(sampler_timestep_fraction)
         if adversarial_weight < 0:
             raise ValueError(f"adversarial_weight must be >= 0, got {adversarial_weight}")
         self.adversarial_weight, self.grad_clip = float(adversarial_weight), grad_clip
@@ -124,11 +132,21 @@ class DiffusionFusionModule(L.LightningModule):
         """The EMA network if EMA is on, else the raw one."""
         return self.ema.module if self.ema is not None else self.net
 
+    def training_timesteps(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """t for n training samples: U{0..T-1}, a ``sampler_timestep_fraction`` of them replaced by one of the
+        timesteps the ``val_steps`` sampler visits."""
+        t = torch.randint(0, self.schedule.num_timesteps, (n,), device=device)
+        if self.sampler_timestep_fraction > 0:
+            visited = respace_timesteps(self.schedule.num_timesteps, self.val_steps).to(device)
+            pick = visited[torch.randint(0, len(visited), (n,), device=device)]
+            t = torch.where(torch.rand(n, device=device) < self.sampler_timestep_fraction, pick, t)
+        return t
+
     def diffusion_loss(self, batch: dict, return_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The training loss of a batch (and, with ``return_x0``, the x̂0 *image* it implies, for the critic)."""
         sources = batch["sources"]
         target = to_diffused(batch["target"], sources, self.image_residual)
-        t = torch.randint(0, self.schedule.num_timesteps, (target.shape[0],), device=target.device)
+        t = self.training_timesteps(target.shape[0], target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
         out = self.net(x_t, t, sources)
