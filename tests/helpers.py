@@ -101,3 +101,25 @@ def write_tiny_stable_diffusion(path: Path, num_timesteps: int = 100, prediction
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     pipe.save_pretrained(path)
     return path
+
+
+def tiny_module(**kwargs):
+    """A seeded 2-source x0/residual DiffusionFusionModule with an 8-channel U-Net (module-level tests)."""
+    import torch
+
+    from fusiondiff.diffusion import make_schedule
+    from fusiondiff.models import ConditionalUNet
+    from fusiondiff.training import DiffusionFusionModule
+
+    torch.manual_seed(0)
+    net = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=[1, 2], num_res_blocks=1)
+    return DiffusionFusionModule(net, make_schedule("cosine", 50), lambda params: torch.optim.AdamW(params, 1e-3),
+                                 ema_decay=0, prediction="x0", residual=True, **kwargs)  # fmt: skip
+
+
+def tiny_batch():
+    """A seeded batch of two 32 px two-source samples for :func:`tiny_module`."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    return {"sources": torch.rand(2, 2, 3, 32, 32, generator=g) * 2 - 1, "target": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1}

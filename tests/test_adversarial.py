@@ -4,24 +4,12 @@ import pytest
 import torch
 
 from fusiondiff.cli.train import train
-from fusiondiff.diffusion import make_schedule
-from fusiondiff.models import ConditionalUNet, PatchDiscriminator
+from fusiondiff.models import PatchDiscriminator
 from fusiondiff.models.discriminator import hinge_d_loss, hinge_g_loss
-from fusiondiff.training import DiffusionFusionModule
 
-from helpers import SYNTHETIC_TINY, TINY, compose_config
+from helpers import SYNTHETIC_TINY, TINY, compose_config, tiny_batch, tiny_module
 
-
-def module(**kwargs):
-    torch.manual_seed(0)
-    net = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=[1, 2], num_res_blocks=1)
-    return DiffusionFusionModule(net, make_schedule("cosine", 50), lambda params: torch.optim.AdamW(params, 1e-3),
-                                 ema_decay=0, prediction="x0", residual=True, **kwargs)  # fmt: skip
-
-
-def batch():
-    g = torch.Generator().manual_seed(1)
-    return {"sources": torch.rand(2, 2, 3, 32, 32, generator=g) * 2 - 1, "target": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1}
+module, batch = tiny_module, tiny_batch
 
 
 def test_patch_discriminator_shapes_and_hinge_losses():

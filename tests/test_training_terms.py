@@ -3,21 +3,11 @@
 import pytest
 import torch
 
-from fusiondiff.diffusion import make_schedule, respace_timesteps
-from fusiondiff.models import ConditionalUNet
-from fusiondiff.training import DiffusionFusionModule
+from fusiondiff.diffusion import respace_timesteps
 
+from helpers import tiny_batch, tiny_module
 
-def module(**kwargs):
-    torch.manual_seed(0)
-    net = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=[1, 2], num_res_blocks=1)
-    return DiffusionFusionModule(net, make_schedule("cosine", 50), lambda params: torch.optim.AdamW(params, 1e-3),
-                                 ema_decay=0, prediction="x0", residual=True, **kwargs)  # fmt: skip
-
-
-def batch():
-    g = torch.Generator().manual_seed(1)
-    return {"sources": torch.rand(2, 2, 3, 32, 32, generator=g) * 2 - 1, "target": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1}
+module, batch = tiny_module, tiny_batch
 
 
 def test_sampler_timestep_fraction_trains_where_the_sampler_steps():
