@@ -195,3 +195,7 @@ def test_inpainting_residual_base_keeps_known_pixels_and_fills_holes(method):
     target = torch.stack([clean, clean])
     torch.testing.assert_close(from_diffused(to_diffused(target, sources, method), sources, method), target)
     torch.testing.assert_close(residual_base(sources, method), base)
+    from fusiondiff.data.degradations import OPENCV_INPAINT
+    from fusiondiff.diffusion.parameterization import RESIDUAL_INPAINT
+
+    assert RESIDUAL_INPAINT == OPENCV_INPAINT  # every OpenCV fill is a residual base
