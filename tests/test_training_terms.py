@@ -1,9 +1,10 @@
-"""Training timesteps drawn where the few-step sampler steps (``sampler_timestep_fraction``)."""
+"""Optional training terms: timesteps drawn where the few-step sampler steps, and the max-gradient loss."""
 
 import pytest
 import torch
 
 from fusiondiff.diffusion import respace_timesteps
+from fusiondiff.filters import gradient_magnitude
 
 from helpers import tiny_batch, tiny_module
 
@@ -26,3 +27,29 @@ def test_sampler_timestep_fraction_trains_where_the_sampler_steps():
     assert torch.equal(a, module(sampler_timestep_fraction=0.0).diffusion_loss(batch()))  # off: unchanged
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         module(sampler_timestep_fraction=1.5)
+
+
+def test_gradient_magnitude_of_a_ramp_and_a_flat_image():
+    ramp = torch.arange(16.0).repeat(16, 1)[None, None].expand(1, 3, 16, 16)
+    g = gradient_magnitude(ramp)
+    assert g.shape == (1, 1, 16, 16)
+    torch.testing.assert_close(g[..., 1:-1, 1:-1], torch.full((1, 1, 14, 14), 1.0), atol=1e-3, rtol=0)  # Sobel/8 of slope 1 = 1
+    assert gradient_magnitude(torch.zeros(1, 3, 8, 8)).max() < 1e-3
+
+
+def test_gradient_loss_adds_the_edge_term_and_trains_the_net():
+    b = tiny_batch()
+    torch.manual_seed(5)
+    plain_loss = tiny_module().diffusion_loss(b)
+    torch.manual_seed(5)
+    assert torch.equal(plain_loss, tiny_module(gradient_loss_weight=0.0).diffusion_loss(b))  # off: unchanged
+    m = tiny_module(gradient_loss_weight=0.5)
+    torch.manual_seed(5)
+    total, image = m.diffusion_loss(b, return_x0=True)
+    sharpest = torch.maximum(gradient_magnitude(b["sources"][:, 0]), gradient_magnitude(b["sources"][:, 1]))
+    expected = plain_loss + 0.5 * (gradient_magnitude(image.detach()) - sharpest).abs().mean()
+    torch.testing.assert_close(total.detach(), expected, rtol=1e-5, atol=1e-6)
+    total.backward()
+    assert sum(p.grad.abs().sum() for p in m.net.parameters() if p.grad is not None) > 0
+    with pytest.raises(ValueError, match=">= 0"):
+        tiny_module(gradient_loss_weight=-1)

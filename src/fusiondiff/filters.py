@@ -63,3 +63,12 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
         return x
     ones = torch.ones(1, 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
     return _box_sum(x, radius) / _box_sum(ones, radius)
+
+
+def gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
+    """Sobel gradient magnitude of the channel mean, [B, C, H, W] -> [B, 1, H, W]: Sobel kernels divided by
+    8 (a ramp rising by 1 per pixel gives 1), replicated borders, and sqrt(gx² + gy² + 1e-8) so that its
+    gradient stays finite on flat areas (it is used in a training loss)."""
+    gray = F.pad(image.mean(1, keepdim=True), (1, 1, 1, 1), mode="replicate")
+    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=image.dtype, device=image.device)[None, None] / 8
+    return (F.conv2d(gray, kx) ** 2 + F.conv2d(gray, kx.transpose(-1, -2)) ** 2 + 1e-8).sqrt()

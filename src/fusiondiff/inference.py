@@ -26,7 +26,7 @@ from fusiondiff.fusion.noise_space import ratio_weights
 BUNDLE_FORMAT = 1
 # Only networks from these modules are built from a file's config (a bundle is data, not code).
 ALLOWED_NET_MODULES = ("fusiondiff.models",)
-DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "multifocus_small.safetensors"
+DEFAULT_BUNDLE = Path(__file__).parent / "assets" / "multifocus_blend.safetensors"
 
 
 def build_net(net_config: dict) -> nn.Module:

@@ -22,6 +22,7 @@ from fusiondiff.diffusion.parameterization import (
     split_residual,
     to_diffused,
 )
+from fusiondiff.filters import gradient_magnitude
 from fusiondiff.metrics import psnr, ssim
 
 
@@ -56,6 +57,10 @@ class DiffusionFusionModule(L.LightningModule):
             ``hdr_reference`` (see ``to_diffused``).
         image_loss_weight: weight λ of an L1 loss on the x̂0 implied by the network output (in the
             target's domain, e.g. μ-law tonemapped HDR), added to the MSE (the HDR image-space loss).
+        gradient_loss_weight: weight of an L1 loss between the gradient magnitude of the x̂0 image and the
+            per-pixel maximum of the sources' (:func:`fusiondiff.filters.gradient_magnitude`; the first C
+            channels of each source), the "keep the sharpest source's edges" term of unsupervised
+            multi-focus fusion (0, the default: off). Needs sources.
         sampler_timestep_fraction: fraction of training samples whose t is one of the timesteps the
             validation/default sampler visits (``val_steps`` respaced, e.g. only t = T-1 for 1 step) instead
             of U{0..T-1} (0, the default: plain uniform t). For few-step models: at t = T-1 the input is pure
@@ -85,6 +90,7 @@ class DiffusionFusionModule(L.LightningModule):
         prediction: str = "eps",
         residual: bool | str = False,
         image_loss_weight: float = 0.0,
+        gradient_loss_weight: float = 0.0,
         sampler_timestep_fraction: float = 0.0,
         adversarial_weight: float = 0.0,
         discriminator: nn.Module | None = None,
@@ -97,6 +103,11 @@ class DiffusionFusionModule(L.LightningModule):
         if image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")
         self.image_loss_weight = image_loss_weight
+        if gradient_loss_weight < 0:
+            raise ValueError(f"gradient_loss_weight must be >= 0, got {gradient_loss_weight}")
+        if gradient_loss_weight > 0 and getattr(net, "num_sources", 1) == 0:
+            raise ValueError("gradient_loss_weight compares with the sources; an unconditional model has none")
+        self.gradient_loss_weight = float(gradient_loss_weight)
         if not 0 <= sampler_timestep_fraction <= 1:
             raise ValueError(f"sampler_timestep_fraction must be in [0, 1], got {sampler_timestep_fraction}")
         self.sampler_timestep_fraction = float(sampler_timestep_fraction)
@@ -154,7 +165,7 @@ class DiffusionFusionModule(L.LightningModule):
             out = blend_sources(out, sources, self.blend_prior)
         loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
         x0_hat = None
-        if self.image_loss_weight > 0 or return_x0:
+        if self.image_loss_weight > 0 or self.gradient_loss_weight > 0 or return_x0:
             if self.prediction in ("x0", "blend"):
                 x0_hat = out.clamp(-2, 2)
             else:
@@ -162,8 +173,14 @@ class DiffusionFusionModule(L.LightningModule):
                 x0_hat = self.schedule.predict_x0(x_t, t, eps).clamp(-2, 2).to(out.dtype)  # bounded where ᾱ ≈ 0
         if self.image_loss_weight > 0:
             loss = loss + self.image_loss_weight * F.l1_loss(x0_hat, target)
+        if return_x0 or self.gradient_loss_weight > 0:
+            image = from_diffused(x0_hat, sources, self.image_residual)
+        if self.gradient_loss_weight > 0:
+            c = image.shape[1]
+            sharpest = torch.stack([gradient_magnitude(sources[:, i, :c]) for i in range(sources.shape[1])]).amax(0)
+            loss = loss + self.gradient_loss_weight * F.l1_loss(gradient_magnitude(image), sharpest)
         if return_x0:
-            return loss, from_diffused(x0_hat, sources, self.image_residual)
+            return loss, image
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
