@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="patch side in px")
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--spread-seeds", type=int, default=0,
+                        help="also sample each model with this many extra seeds and print the per-pixel std of the "
+                             "outputs across seeds (inside the holes for inpainting): how much initial noise leaks")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs/restoration_eval.json"))
     parser.add_argument("--figure", type=Path, default=None, help="rows: degraded | baselines | models | clean")
     args = parser.parse_args()
@@ -79,6 +82,7 @@ def main() -> None:
     degraded, mask = split_restoration_source(sources)
 
     outputs: dict[str, torch.Tensor] = {"identity": degraded}
+    spread: dict[str, float] = {}
     seconds: dict[str, float] = {"identity": 0.0}
     if args.kind == "inpaint":
         for name in OPENCV_INPAINT:
@@ -95,6 +99,11 @@ def main() -> None:
             restored = pipe(sources, steps=steps, seed=0).cpu()
             seconds[label] = (time.perf_counter() - start) / len(items)
             outputs[label] = mask * restored + (1 - mask) * degraded if args.kind == "inpaint" else restored
+            if args.spread_seeds:
+                extra = [pipe(sources, steps=steps, seed=k).cpu() for k in range(1, args.spread_seeds + 1)]
+                runs = torch.stack([restored, *extra])
+                where = mask.expand_as(restored) if args.kind == "inpaint" else torch.ones_like(restored)
+                spread[label] = float((runs.std(0) * where).sum() / where.sum())
 
     table, per_image = {}, {}
     for method, out in outputs.items():
@@ -113,6 +122,8 @@ def main() -> None:
         print(f"| {method} | " + " | ".join(f"{row[c]:.4f}" if c != "s/image" else f"{row[c]:.3f}" for c in cols) + " |")
     sharp = " | ".join(f"{clean_sharpness[c]:.4f}" for c in SHARPNESS)
     print("| clean (reference) | " + "– | " * len(METRICS) + sharp + " | – |")
+    if spread:
+        print(f"\nStd across {args.spread_seeds + 1} seeds: " + ", ".join(f"{m} {v:.4f}" for m, v in spread.items()))
     paired = {}
     if args.kind == "inpaint" and args.models:
         # a model against the best classical fill on the same patches: mean paired difference with a 95 % interval
@@ -131,7 +142,8 @@ def main() -> None:
             print(f"- {method}: " + ", ".join(diffs))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"kind": args.kind, "num": len(items), "size": args.size, "seed": args.seed,
-                                    "means": table, "paired": paired, "clean_sharpness": clean_sharpness}, indent=2))  # fmt: skip
+                                    "means": table, "paired": paired, "seed_spread": spread,
+                                    "clean_sharpness": clean_sharpness}, indent=2))  # fmt: skip
     print(f"wrote {args.out}")
     if args.figure is not None:
         rows = [torch.cat([*(outputs[m][i] for m in outputs), clean[i]], dim=-1) for i in range(min(4, len(items)))]
