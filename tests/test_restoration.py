@@ -199,3 +199,43 @@ def test_inpainting_residual_base_keeps_known_pixels_and_fills_holes(method):
     from fusiondiff.diffusion.parameterization import RESIDUAL_INPAINT
 
     assert RESIDUAL_INPAINT == OPENCV_INPAINT  # every OpenCV fill is a residual base
+
+
+@pytest.mark.parametrize("method", ["telea", "navier_stokes"])
+def test_network_condition_is_the_inpainting_fill_in_training_validation_and_the_pipeline(method):
+    """With an inpainting residual the network sees the holes filled by that base (not grey), everywhere."""
+    from fusiondiff.data.degradations import inpaint_fill, restoration_source
+    from fusiondiff.diffusion import make_schedule
+    from fusiondiff.diffusion.parameterization import network_condition
+    from fusiondiff.inference import FusionPipeline
+    from fusiondiff.models import ConditionalUNet
+    from fusiondiff.training import DiffusionFusionModule
+
+    clean = torch.from_numpy(synthetic_triplet(2, 32, 32)[2]).permute(2, 0, 1).float() / 127.5 - 1
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 4:20, 6:14] = 1
+    sources = restoration_source(clean * (1 - mask), mask)[None]  # [1, 1, 4, H, W]
+    base = inpaint_fill(sources, method)
+    cond = network_condition(sources, method)
+    assert cond.shape == sources.shape
+    torch.testing.assert_close(cond[:, 0, :3], base)
+    assert torch.equal(cond[:, 0, 3:], sources[:, 0, 3:])  # the mask channel is kept
+    assert network_condition(sources, "mean") is sources  # other residuals: unchanged
+
+    seen = []
+
+    class Spy(ConditionalUNet):
+        def forward(self, x, t, cond):
+            seen.append(cond.detach().clone())
+            return super().forward(x, t, cond)
+
+    torch.manual_seed(0)
+    net = Spy(image_channels=3, num_sources=1, source_channels=4, base_channels=8, channel_mult=[1, 2], num_res_blocks=1)
+    module = DiffusionFusionModule(net, make_schedule("cosine", 50), lambda p: torch.optim.AdamW(p, 1e-3), ema_decay=0,
+                                   prediction="x0", residual=method, val_steps=1)  # fmt: skip
+    module.diffusion_loss({"sources": sources, "target": clean[None]})
+    module.sample(sources)
+    FusionPipeline(net, module.schedule, {"prediction": "x0", "residual": method})(sources, steps=1)
+    assert len(seen) == 3
+    for c in seen:
+        torch.testing.assert_close(c, cond)

@@ -19,7 +19,7 @@ from torch import nn
 
 from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
-from fusiondiff.diffusion.parameterization import from_diffused, split_residual
+from fusiondiff.diffusion.parameterization import from_diffused, network_condition, residual_base, split_residual
 from fusiondiff.diffusion.samplers import SPACINGS
 from fusiondiff.fusion.noise_space import ratio_weights
 
@@ -171,11 +171,12 @@ class FusionPipeline:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.default_steps, spacing)
         b, _, _, h, w = sources.shape
+        base = residual_base(sources, image_residual) if image_residual else None
         fused = sample_fn(
-            denoiser, self.schedule, sources, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
+            denoiser, self.schedule, network_condition(sources, image_residual, base), ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
             callback=callback, **sampler_options,
         )  # fmt: skip
-        fused = from_diffused(fused, sources, image_residual)
+        fused = from_diffused(fused, sources, image_residual, base)
         return fused[0] if unbatched else fused
 
     def zero_shot(

@@ -138,20 +138,38 @@ def split_residual(prediction: str, residual: bool | str) -> tuple[bool | str, b
     return (False, residual) if prediction == "blend" else (residual, False)
 
 
-def to_diffused(target: torch.Tensor, sources: torch.Tensor, residual: bool | str) -> torch.Tensor:
+def to_diffused(
+    target: torch.Tensor, sources: torch.Tensor, residual: bool | str, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """The variable the diffusion runs on: the image, or its residual to a base computed from the sources.
 
     Residual diffusion (as in residual-learning fusion models, e.g. Rif-Diff) starts the model at
     the quality of the base (averaging for multi-focus) and leaves it only the correction to learn.
     The base keeps the target's leading channels (restoration sources carry an extra mask channel).
+    ``base``: :func:`residual_base` when already computed.
     """
     if not residual:
         return target
-    return target - residual_base(sources, check_residual(residual))[:, : target.shape[1]]
+    base = residual_base(sources, check_residual(residual)) if base is None else base
+    return target - base[:, : target.shape[1]]
 
 
-def from_diffused(sample: torch.Tensor, sources: torch.Tensor, residual: bool | str) -> torch.Tensor:
+def network_condition(sources: torch.Tensor, residual: bool | str, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The sources as the network sees them. With an inpainting residual (``telea`` / ``navier_stokes``) the
+    degraded image's holes are filled by that base, so the network sees the fill it corrects (with grey holes
+    it would have to emulate OpenCV's fill to predict the residual; NOTES.md, session 5); the mask channel
+    stays. Any other residual: the sources unchanged."""
+    if residual not in RESIDUAL_INPAINT:
+        return sources
+    base = residual_base(sources, residual) if base is None else base
+    return torch.cat([base[:, None].to(sources.dtype), sources[:, :, base.shape[1] :]], 2)
+
+
+def from_diffused(
+    sample: torch.Tensor, sources: torch.Tensor, residual: bool | str, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """Inverse of :func:`to_diffused`, clamped to the image range [-1, 1]."""
     if residual:
-        sample = sample + residual_base(sources, check_residual(residual))[:, : sample.shape[1]]
+        base = residual_base(sources, check_residual(residual)) if base is None else base
+        sample = sample + base[:, : sample.shape[1]]
     return sample.clamp(-1, 1)

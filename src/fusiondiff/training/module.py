@@ -19,6 +19,8 @@ from fusiondiff.diffusion.parameterization import (
     check_residual,
     eps_from_output,
     from_diffused,
+    network_condition,
+    residual_base,
     split_residual,
     to_diffused,
 )
@@ -156,11 +158,12 @@ class DiffusionFusionModule(L.LightningModule):
     def diffusion_loss(self, batch: dict, return_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The training loss of a batch (and, with ``return_x0``, the x̂0 *image* it implies, for the critic)."""
         sources = batch["sources"]
-        target = to_diffused(batch["target"], sources, self.image_residual)
+        base = residual_base(sources, self.image_residual) if self.image_residual else None
+        target = to_diffused(batch["target"], sources, self.image_residual, base)
         t = self.training_timesteps(target.shape[0], target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
-        out = self.net(x_t, t, sources)
+        out = self.net(x_t, t, network_condition(sources, self.image_residual, base))
         if self.prediction == "blend":
             out = blend_sources(out, sources, self.blend_prior)
         loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
@@ -174,7 +177,7 @@ class DiffusionFusionModule(L.LightningModule):
         if self.image_loss_weight > 0:
             loss = loss + self.image_loss_weight * F.l1_loss(x0_hat, target)
         if return_x0 or self.gradient_loss_weight > 0:
-            image = from_diffused(x0_hat, sources, self.image_residual)
+            image = from_diffused(x0_hat, sources, self.image_residual, base)
         if self.gradient_loss_weight > 0:
             c = image.shape[1]
             sharpest = torch.stack([gradient_magnitude(sources[:, i, :c]) for i in range(sources.shape[1])]).amax(0)
@@ -241,8 +244,10 @@ class DiffusionFusionModule(L.LightningModule):
         denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction, self.blend_prior)
         b, _, _, h, w = sources.shape
         shape = (b, getattr(self.net, "image_channels", sources.shape[2]), h, w)  # sources may have more channels (HDR)
+        base = residual_base(sources, self.image_residual) if self.image_residual else None
+        cond = network_condition(sources, self.image_residual, base)
         return from_diffused(
-            sampler(denoiser, self.schedule, sources, ts, shape=shape, generator=gen), sources, self.image_residual
+            sampler(denoiser, self.schedule, cond, ts, shape=shape, generator=gen), sources, self.image_residual, base
         )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
