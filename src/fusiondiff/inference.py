@@ -172,8 +172,9 @@ class FusionPipeline:
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.default_steps, spacing)
         b, _, _, h, w = sources.shape
         base = residual_base(sources, image_residual) if image_residual else None
+        cond = network_condition(sources, image_residual, base)
         fused = sample_fn(
-            denoiser, self.schedule, network_condition(sources, image_residual, base), ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
+            denoiser, self.schedule, cond, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
             callback=callback, **sampler_options,
         )  # fmt: skip
         fused = from_diffused(fused, sources, image_residual, base)
