@@ -1,5 +1,7 @@
 """task=restoration: degradation generators, datasets, training + CLI, bad masks."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -140,7 +142,8 @@ RESTORATION_TINY = [*TINY, "data.train.num_samples=8", "data.train.crop_size=16"
 
 
 def test_restoration_fast_dev_run_then_restore_cli(tmp_path):
-    cfg = compose_config("train", ["experiment=restoration_quickstart", *RESTORATION_TINY, "trainer.max_steps=2"], tmp_path)
+    cfg = compose_config("train", ["experiment=restoration_quickstart", *RESTORATION_TINY, "trainer.max_steps=2",
+                                  "task.module.val_steps=1"], tmp_path)  # fmt: skip
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 2 and "val/psnr" in metrics
     bundle = objects["bundle"]
@@ -159,6 +162,18 @@ def test_restoration_fast_dev_run_then_restore_cli(tmp_path):
         infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input={src}", f"mask={small}", f"output={out}"]))
     with pytest.raises(ValueError, match="not a restoration model"):
         infer(compose_config("infer", ["mode=restore", f"input={src}", f"output={out}"]))
+    # the quickstart trains only at its sampler's timesteps (fraction 1): other step counts warn, its own do not
+    from fusiondiff.data.degradations import load_degraded
+    from fusiondiff.inference import FusionPipeline
+
+    pipe = FusionPipeline.from_file(bundle)
+    assert pipe.config["trained_steps"] == 1 == pipe.default_steps
+    sources = load_degraded(src, mpath)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe(sources)
+    with pytest.warns(UserWarning, match="trained only at the timesteps of the 1-step"):
+        pipe(sources, steps=2)
 
 
 def test_mixed_degradation_config_composes_and_runs(tmp_path):

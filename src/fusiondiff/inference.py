@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,14 @@ class FusionPipeline:
             denoiser = tiled_denoiser(denoiser, tile_size, tile_size - tile_overlap, batch=tile_batch)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         ts = respace_timesteps(self.schedule.num_timesteps, steps or self.default_steps, spacing)
+        trained = self.config.get("trained_steps")
+        if trained and not set(ts.tolist()) <= set(respace_timesteps(self.schedule.num_timesteps, trained).tolist()):
+            warnings.warn(
+                f"this model was trained only at the timesteps of the {trained}-step uniform sampler "
+                f"(sampler_timestep_fraction=1); {steps or self.default_steps} {spacing} steps visit timesteps it never "
+                f"saw and give poor output: use steps={trained}, or train with sampler_timestep_fraction < 1",
+                stacklevel=2,
+            )
         b, _, _, h, w = sources.shape
         base = residual_base(sources, image_residual) if image_residual else None
         cond = network_condition(sources, image_residual, base)

@@ -138,6 +138,8 @@ class DiffusionFusionModule(L.LightningModule):
         self.val_sampler, self.val_steps, self.val_seed = val_sampler, val_steps, val_seed
         self.num_preview = num_preview
         self.bundle_config = {**(bundle_config or {}), "prediction": prediction, "residual": residual}
+        if self.sampler_timestep_fraction == 1:  # trained at no other t: the pipeline warns on other step counts
+            self.bundle_config["trained_steps"] = val_steps
 
     # ------------------------------------------------------------------ training
     @property
