@@ -71,7 +71,8 @@ def main() -> None:
                         help="also sample each model with this many extra seeds and print the per-pixel std of the "
                              "outputs across seeds (inside the holes for inpainting): how much initial noise leaks")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("outputs/restoration_eval.json"))
-    parser.add_argument("--figure", type=Path, default=None, help="rows: degraded | baselines | models | clean")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="columns: degraded, baselines, models, clean; rows: the 4 largest holes, 3x enlarged")  # fmt: skip
     args = parser.parse_args()
 
     data = SyntheticRestoration(Degrader([args.kind]), photos=list(SKIMAGE_HELDOUT_PHOTOS), num_samples=args.num,
@@ -146,8 +147,11 @@ def main() -> None:
                                     "clean_sharpness": clean_sharpness}, indent=2))  # fmt: skip
     print(f"wrote {args.out}")
     if args.figure is not None:
-        rows = [torch.cat([*(outputs[m][i] for m in outputs), clean[i]], dim=-1) for i in range(min(4, len(items)))]
-        write_image(args.figure, torch.cat(rows, dim=-2))
+        # the 4 patches with the largest holes (inpainting; else the first 4), 3x nearest-neighbour enlarged
+        order = mask.flatten(1).mean(1).argsort(descending=True).tolist() if args.kind == "inpaint" else range(len(items))
+        rows = [torch.cat([*(outputs[m][i] for m in outputs), clean[i]], dim=-1) for i in list(order)[:4]]
+        grid = torch.nn.functional.interpolate(torch.cat(rows, dim=-2)[None], scale_factor=3, mode="nearest")[0]
+        write_image(args.figure, grid)
         print(f"wrote {args.figure}: columns {' | '.join([*outputs, 'clean'])}")
 
 
