@@ -7,13 +7,15 @@ Test set: patches of scikit-image's held-out photos (coffee, rocket; never train
 :class:`fusiondiff.data.degradations.Degrader` with ``--kind`` and a seed (``--seed``, default 7) that
 differs from the validation set's (1), so checkpoint selection never saw these samples.
 
-Methods: ``identity`` (the degraded input as it is; for ``sr`` this is bicubic upsampling), OpenCV's
-``telea`` and ``navier_stokes`` inpainting (``inpaint`` only, radius 3), and every model at every step
-count in ``--steps`` (its known pixels kept for inpainting). Metrics on whole images against the clean
-patch: PSNR, SSIM, LPIPS (AlexNet, real weights), LPIPS-VGG (the VGG16 backbone: a second perceptual
-network as a cross-check), and the sharpness scores SF and AG of the output. For inpainting, each model's
-paired difference to the best OpenCV fill (per metric, same patches) is printed with a 95 % interval, so a
-"win" of a few 1e-4 can be told from noise.
+Methods: ``identity`` (the degraded input as it is; for ``sr`` this is bicubic upsampling), the classical
+baselines of the kind (``inpaint``: OpenCV's ``telea`` and ``navier_stokes``, radius 3; ``noise``:
+scikit-image's non-local means ``nl_means`` with the noise level estimated from the image; ``blur``:
+``unsharp_mask``, Gaussian sigma 2, amount 1, as the kernel is unknown), and every model at every step count in
+``--steps`` (its known pixels kept for inpainting). Metrics on whole images against the clean patch: PSNR,
+SSIM, LPIPS (AlexNet, real weights), LPIPS-VGG (the VGG16 backbone: a second perceptual network as a
+cross-check), and the sharpness scores SF and AG of the output. Each model's paired difference to the best
+baseline per metric (for inpainting the best OpenCV fill; otherwise the best of identity and the classical
+method) on the same patches is printed with a 95 % interval, so a "win" of a few 1e-4 can be told from noise.
 Prints a Markdown table (means) with seconds per image and writes ``--out`` as JSON.
 """
 
@@ -36,6 +38,7 @@ from fusiondiff.data.degradations import (
     opencv_inpaint,
     split_restoration_source,
 )
+from fusiondiff.filters import blur, gaussian_kernel
 from fusiondiff.inference import FusionPipeline
 from fusiondiff.metrics import lpips_distance, psnr, ssim
 from fusiondiff.metrics.fusion import average_gradient, spatial_frequency
@@ -52,6 +55,34 @@ SHARPNESS = {"SF": spatial_frequency, "AG": average_gradient}
 def to255(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> the 0..255 range of the fusion metrics (SF, AG)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).double()
+
+
+def noise_sigma(img: torch.Tensor) -> float:
+    """Donoho's robust noise estimate of [C, H, W]: median |finest diagonal Haar coefficient| / 0.6745, averaged
+    over the channels."""
+    x = img[:, : img.shape[1] // 2 * 2, : img.shape[2] // 2 * 2].double()
+    hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
+    return float((hh.flatten(1).abs().median(1).values / 0.6745).mean())
+
+
+def nl_means(image: torch.Tensor) -> torch.Tensor:
+    """scikit-image's non-local means on [C, H, W] in [-1, 1], h = 0.8 sigma with sigma estimated from the image."""
+    from skimage.restoration import denoise_nl_means
+
+    sigma = noise_sigma((image + 1) / 2)
+    img = ((image.double() + 1) / 2).permute(1, 2, 0).numpy()
+    out = denoise_nl_means(img, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True,
+                           channel_axis=-1)  # fmt: skip
+    return torch.from_numpy(out).permute(2, 0, 1).to(image) * 2 - 1
+
+
+def unsharp(image: torch.Tensor) -> torch.Tensor:
+    """Unsharp masking of [C, H, W] in [-1, 1]: image + (image - Gaussian blur, sigma 2), clipped; a classical
+    sharpening for a blur whose kernel is unknown."""
+    return (2 * image - blur(image, gaussian_kernel(2.0))).clamp(-1, 1)
+
+
+CLASSICAL = {"noise": {"nl_means": nl_means}, "blur": {"unsharp_mask": unsharp}, "sr": {}}
 
 
 def model_label(path: str) -> str:
@@ -90,6 +121,13 @@ def main() -> None:
             start = time.perf_counter()
             outputs[name] = torch.stack([opencv_inpaint(d, m, name) for d, m in zip(degraded, mask, strict=True)])
             seconds[name] = (time.perf_counter() - start) / len(items)
+        baselines = list(OPENCV_INPAINT)  # the grey-hole input is no baseline for inpainting
+    else:
+        for name, fn in CLASSICAL[args.kind].items():
+            start = time.perf_counter()
+            outputs[name] = torch.stack([fn(d) for d in degraded])
+            seconds[name] = (time.perf_counter() - start) / len(items)
+        baselines = list(outputs)
     for path in args.models:
         pipe = FusionPipeline.from_file(path)
         if pipe.config.get("task", {}).get("name") != "restoration":
@@ -126,16 +164,16 @@ def main() -> None:
     if spread:
         print(f"\nStd across {args.spread_seeds + 1} seeds: " + ", ".join(f"{m} {v:.4f}" for m, v in spread.items()))
     paired = {}
-    if args.kind == "inpaint" and args.models:
-        # a model against the best classical fill on the same patches: mean paired difference with a 95 % interval
-        print("\nPaired differences, model - best OpenCV fill per metric (mean ± 1.96 SE over the patches):")
+    if args.models:
+        # a model against the best baseline on the same patches: mean paired difference with a 95 % interval
+        print(f"\nPaired differences, model - best of {', '.join(baselines)} per metric (mean ± 1.96 SE over the patches):")
         for method in outputs:
-            if method in ("identity", *OPENCV_INPAINT):
+            if method == "identity" or method in baselines:
                 continue
             paired[method] = {}
             for name in METRICS:
                 lower_better = name.startswith("LPIPS")
-                base = (min if lower_better else max)(OPENCV_INPAINT, key=lambda m: table[m][name])
+                base = (min if lower_better else max)(baselines, key=lambda m: table[m][name])
                 d = per_image[method][name] - per_image[base][name]
                 half = 1.96 * float(d.std()) / len(d) ** 0.5
                 paired[method][name] = {"vs": base, "mean": float(d.mean()), "ci95": half}

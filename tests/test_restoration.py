@@ -254,3 +254,33 @@ def test_network_condition_is_the_inpainting_fill_in_training_validation_and_the
     assert len(seen) == 3
     for c in seen:
         torch.testing.assert_close(c, cond)
+
+
+@pytest.mark.skipif(
+    not all(
+        __import__("fusiondiff.metrics.perceptual", fromlist=["x"]).cached_backbone_path(n).is_file() for n in ("alex", "vgg")
+    ),
+    reason="LPIPS weights not prepared: run python scripts/prepare_lpips_weights.py",
+)
+def test_evaluate_restoration_script_baselines_and_paired_differences(tmp_path, monkeypatch):
+    import json
+    import runpy
+    import sys
+    from pathlib import Path
+
+    cfg = compose_config("train", ["experiment=restoration_quickstart", *RESTORATION_TINY, "trainer.max_steps=1",
+                                  "task.module.val_steps=1", "data.train.degrader.kinds=[noise]"], tmp_path)  # fmt: skip
+    bundle = train(cfg)[1]["bundle"]
+    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_restoration.py"
+    out = tmp_path / "noise.json"
+    argv = [str(script), "--models", str(bundle), "--kind", "noise", "--num", "6", "--size", "32", "--steps", "1",
+            "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(out.read_text())
+    means = result["means"]
+    assert set(means) == {"identity", "nl_means", f"{bundle.parent.name} (1 step)"}
+    assert means["nl_means"]["PSNR"] > means["identity"]["PSNR"]  # the classical denoiser does denoise
+    paired = result["paired"][f"{bundle.parent.name} (1 step)"]
+    assert paired["PSNR"]["vs"] == "nl_means" and paired["LPIPS"]["vs"] in ("identity", "nl_means")
+    assert all(v["ci95"] >= 0 for v in paired.values())
