@@ -284,3 +284,21 @@ def test_evaluate_restoration_script_baselines_and_paired_differences(tmp_path, 
     paired = result["paired"][f"{bundle.parent.name} (1 step)"]
     assert paired["PSNR"]["vs"] == "nl_means" and paired["LPIPS"]["vs"] in ("identity", "nl_means")
     assert all(v["ci95"] >= 0 for v in paired.values())
+
+
+@pytest.mark.parametrize("experiment", ["restoration_quickstart", "unconditional_quickstart"])
+def test_own_photo_folder_is_a_plain_override(tmp_path, experiment):
+    photos = tmp_path / "my photos"
+    photos.mkdir()
+    for i in range(2):
+        save_png(photos / f"shot ({i}).png", synthetic_triplet(i, 40, 48)[2])
+    cfg = compose_config("train", [f"experiment={experiment}", f"data.train.folder={photos}"], tmp_path)
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    train_set = instantiate(cfg.data.train)
+    assert len(train_set.patches.photos if hasattr(train_set, "patches") else train_set.photos) == 2
+    assert train_set[0]["target"].shape[-2:] == (cfg.data.train.crop_size,) * 2
+    cfg = compose_config("train", [f"experiment={experiment}", f"data.train.folder={tmp_path / 'missing'}"], tmp_path)
+    with pytest.raises(InstantiationException, match="photo folder .*missing does not exist"):
+        instantiate(cfg.data.train)

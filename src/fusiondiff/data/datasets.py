@@ -261,6 +261,8 @@ class PhotoPatches(Dataset):
     ) -> None:
         _check_channels_arg(channels, allow_none=False)
         if folder is not None:
+            if not Path(folder).is_dir():
+                raise FileNotFoundError(f"photo folder {folder} does not exist (data.train.folder: a folder of images)")
             files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
                 raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
