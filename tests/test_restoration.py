@@ -162,6 +162,24 @@ def test_restoration_fast_dev_run_then_restore_cli(tmp_path):
         infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input={src}", f"mask={small}", f"output={out}"]))
     with pytest.raises(ValueError, match="not a restoration model"):
         infer(compose_config("infer", ["mode=restore", f"input={src}", f"output={out}"]))
+    # a folder: degraded/ + mask/ + clean/ (scored), and a plain folder of images
+    root = tmp_path / "my pairs"
+    for sub in ("degraded", "mask", "clean"):
+        (root / sub).mkdir(parents=True)
+    for name in ("x (1)", "y"):
+        save_png(root / "degraded" / f"{name}.png", img), save_png(root / "clean" / f"{name}.png", img)
+        save_png(root / "mask" / f"{name}.png", mask)
+    outs = infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input_dir={root}", f"output_dir={tmp_path / 'o'}"]))
+    assert [p.name for p in outs] == ["x (1).png", "y.png"]
+    assert all((read_image(p) - original)[:, known].abs().max() <= 1 / 127.5 for p in outs)
+    outs = infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input_dir={root / 'clean'}",
+                                          f"output_dir={tmp_path / 'plain'}"]))  # fmt: skip
+    assert [p.name for p in outs] == ["x (1).png", "y.png"] and read_image(outs[0]).shape == original.shape
+    with pytest.raises(ValueError, match="not both"):
+        infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input={src}", f"input_dir={root}"]))
+    (root / "mask" / "y.png").unlink()
+    with pytest.raises(Exception, match="one mask per image"):
+        infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input_dir={root}", f"output_dir={tmp_path / 'o'}"]))
     # the quickstart trains only at its sampler's timesteps (fraction 1): other step counts warn, its own do not
     from fusiondiff.data.degradations import load_degraded
     from fusiondiff.inference import FusionPipeline

@@ -240,23 +240,46 @@ def hdr(cfg: DictConfig) -> list[Path]:
 
 
 def restore(cfg: DictConfig) -> list[Path]:
-    """A trained restoration model (task=restoration) on ``input`` (+ optional hole ``mask``) -> ``output``."""
-    from fusiondiff.data.degradations import load_degraded
+    """A trained restoration model (task=restoration) on ``input`` (+ optional hole ``mask``) -> ``output``, or on
+    every image of ``input_dir`` (``degraded/`` with optional ``mask/`` and ``clean/``, or plain images) ->
+    ``output_dir/<name>.png``, logging PSNR / SSIM where ``clean/`` has the reference."""
+    from fusiondiff.data.degradations import load_degraded, restoration_files
+    from fusiondiff.metrics import psnr, ssim
 
-    if not cfg.input:
-        raise ValueError("mode=restore needs input=<degraded image> (and mask=<hole mask> for inpainting) and ckpt=<model>")
+    if cfg.input and cfg.input_dir:
+        raise ValueError("give either input=<image> or input_dir=<folder>, not both")
+    if not cfg.input and not cfg.input_dir:
+        raise ValueError("mode=restore needs ckpt=<model> and input=<degraded image> (and mask=<hole mask> for "
+                         "inpainting) or input_dir=<folder: degraded/ + optional mask/, clean/; or plain images>")  # fmt: skip
+    if cfg.input_dir:
+        out_dir = Path(cfg.output_dir)
+        jobs = [(d, m, out_dir / f"{stem}.png", c) for stem, d, m, c in restoration_files(cfg.input_dir)]
+    else:
+        jobs = [(Path(cfg.input), cfg.mask, Path(cfg.output), None)]
     pipe = FusionPipeline.from_file(cfg.ckpt, device=resolve_device(cfg.device))
     if pipe.config.get("task", {}).get("name") != "restoration":
         raise ValueError(f"{cfg.ckpt or 'the default bundle'} is not a restoration model (train one with task=restoration)")
-    sources = load_degraded(cfg.input, cfg.mask, channels=pipe.channels)
-    start = time.perf_counter()
-    restored = fuse_sources(pipe, sources, cfg)
-    mask = sources[0, -1:]
-    if mask.any():  # inpainting: the known pixels are the input's
-        restored = mask * restored + (1 - mask) * sources[0, :-1]
-    out = write_image(Path(cfg.output), restored, bit_depth=cfg.bit_depth)
-    log.info("restored %s -> %s (%.1f s)", cfg.input, out, time.perf_counter() - start)
-    return [out]
+    written = []
+    for k, (path, mask_path, out, clean_path) in enumerate(jobs, 1):
+        if out.exists() and not cfg.overwrite:
+            log.info("[%d/%d] %s exists, skipped", k, len(jobs), out)
+            continue
+        sources = load_degraded(path, mask_path, channels=pipe.channels)
+        start = time.perf_counter()
+        restored = fuse_sources(pipe, sources, cfg)
+        mask = sources[0, -1:]
+        if mask.any():  # inpainting: the known pixels are the input's
+            restored = mask * restored + (1 - mask) * sources[0, :-1]
+        written.append(write_image(out, restored, bit_depth=cfg.bit_depth))
+        score = ""
+        if clean_path is not None:
+            clean = read_image(clean_path, pipe.channels)[None]
+            if clean.shape[1:] != restored.shape:
+                log.warning("%s: size %s differs from %s's; not scored", clean_path, tuple(clean.shape[1:]), path)
+            else:
+                score = f", PSNR {psnr(restored[None], clean).item():.2f} dB, SSIM {ssim(restored[None], clean).item():.4f}"
+        log.info("[%d/%d] restored %s -> %s (%.1f s%s)", k, len(jobs), path, out, time.perf_counter() - start, score)
+    return written
 
 
 def inpaint(cfg: DictConfig) -> list[Path]:

@@ -195,32 +195,48 @@ def read_mask(path: str | Path, height: int, width: int) -> torch.Tensor:
     return check_mask(m, height, width, name=f"mask {path}")
 
 
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+
+
+def restoration_files(root: str | Path, require_clean: bool = False) -> list[tuple[str, Path, Path | None, Path | None]]:
+    """Files of a restoration folder as ``(stem, degraded, mask or None, clean or None)``, sorted by stem.
+
+    Layout: ``root/degraded/X`` with optional ``root/mask/X`` (white = hole) and ``root/clean/X``, matched by
+    file stem; without ``degraded/`` (and ``require_clean`` False), the images directly in ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder (layout: degraded/, clean/, optional mask/)")
+    has_layout = (root / "degraded").is_dir()
+    if require_clean:
+        for name in ("degraded", "clean"):
+            if not (root / name).is_dir():
+                raise FileNotFoundError(f"{root}: missing {name}/ (layout: degraded/, clean/, optional mask/)")
+    degraded = _images_by_stem(root / "degraded" if has_layout else root)
+    clean, masks = _images_by_stem(root / "clean"), _images_by_stem(root / "mask")
+    if not degraded:
+        where = f"{root}/degraded/" if has_layout else f"{root} (or {root}/degraded/)"
+        raise ImageError(f"no images in {where} ({', '.join(IMAGE_EXTENSIONS)})")
+    if clean or require_clean:
+        missing = sorted(set(degraded) ^ set(clean))
+        if missing:
+            raise ImageError(f"{root}: degraded/ and clean/ do not match; unpaired: {', '.join(missing[:5])}")
+    if masks and sorted(masks) != sorted(degraded):
+        raise ImageError(f"{root}: mask/ must hold one mask per image (or be absent)")
+    return [(s, degraded[s], masks.get(s), clean.get(s)) for s in sorted(degraded)]
+
+
 class PairedRestorationFolder(torch.utils.data.Dataset):
     """Users' own restoration pairs: ``root/degraded/X``, ``root/clean/X`` and optional ``root/mask/X``
-    (white = hole), matched by file stem. Items are ``{"sources": [1, C + 1, H, W], "target", "name"}``."""
+    (white = hole), matched by file stem (:func:`restoration_files`). Items are
+    ``{"sources": [1, C + 1, H, W], "target", "name"}``."""
 
     def __init__(self, root: str | Path, channels: int = 3, crop_size: int | None = None, augment: bool = False,
                  seed: int | None = None) -> None:  # fmt: skip
         self.root = Path(root)
-        folders = {name: self.root / name for name in ("degraded", "clean", "mask")}
-        for name in ("degraded", "clean"):
-            if not folders[name].is_dir():
-                raise FileNotFoundError(f"{self.root}: missing {name}/ (layout: degraded/, clean/, optional mask/)")
-
-        def by_stem(folder: Path) -> dict[str, Path]:
-            if not folder.is_dir():
-                return {}
-            return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
-
-        degraded, clean, masks = by_stem(folders["degraded"]), by_stem(folders["clean"]), by_stem(folders["mask"])
-        missing = sorted(set(degraded) ^ set(clean))
-        if missing:
-            raise ImageError(f"{self.root}: degraded/ and clean/ do not match; unpaired: {', '.join(missing[:5])}")
-        if not degraded:
-            raise ImageError(f"{self.root}: no images in degraded/ ({', '.join(IMAGE_EXTENSIONS)})")
-        if masks and sorted(masks) != sorted(degraded):
-            raise ImageError(f"{self.root}: mask/ must hold one mask per image (or be absent)")
-        self.items = [(s, degraded[s], clean[s], masks.get(s)) for s in sorted(degraded)]
+        self.items = [(s, d, c, m) for s, d, m, c in restoration_files(root, require_clean=True)]
         self.channels, self.crop_size, self.augment, self.seed = channels, crop_size, augment, seed
         self._aug = PairedAugment(crop_size, flip=augment, rotate=augment)
 
