@@ -302,6 +302,27 @@ def test_evaluate_restoration_script_baselines_and_paired_differences(tmp_path, 
     paired = result["paired"][f"{bundle.parent.name} (1 step)"]
     assert paired["PSNR"]["vs"] == "nl_means" and paired["LPIPS"]["vs"] in ("identity", "nl_means")
     assert all(v["ci95"] >= 0 for v in paired.values())
+    # users' own test pairs of different sizes (--folder), inpainting against OpenCV, with the figure
+    root = tmp_path / "pairs"
+    for sub in ("degraded", "clean", "mask"):
+        (root / sub).mkdir(parents=True)
+    for name, (h, w) in {"a": (32, 40), "b (2)": (36, 32)}.items():
+        img = synthetic_triplet(1, h, w)[2]
+        hole = np.zeros((h, w), np.uint8)
+        hole[8:20, 10:22] = 255
+        save_png(root / "clean" / f"{name}.png", img), save_png(root / "degraded" / f"{name}.png", img)
+        save_png(root / "mask" / f"{name}.png", hole)
+    figure = tmp_path / "fig.png"
+    monkeypatch.setattr(sys, "argv", [str(script), "--models", str(bundle), "--folder", str(root), "--steps", "1",
+                                      "--out", str(out), "--figure", str(figure)])  # fmt: skip
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert result["num"] == 2 and set(result["means"]) >= {"identity", "telea", "navier_stokes"}
+    assert result["paired"][f"{bundle.parent.name} (1 step)"]["LPIPS"]["vs"] in ("telea", "navier_stokes")
+    assert read_image(figure).shape[-2:] == (3 * (32 + 36), 3 * 5 * 40)  # rows padded to the widest
+    (root / "mask" / "a.png").unlink(), (root / "mask" / "b (2).png").unlink()
+    with pytest.raises(SystemExit, match="needs a hole in every image"):
+        runpy.run_path(str(script), run_name="__main__")
 
 
 @pytest.mark.parametrize("experiment", ["restoration_quickstart", "unconditional_quickstart"])
