@@ -32,6 +32,7 @@ import torch
 from fusiondiff.data import write_image
 from fusiondiff.data.datasets import SKIMAGE_HELDOUT_PHOTOS
 from fusiondiff.data.degradations import (
+    CLASSICAL_RESTORATION,
     DEGRADATIONS,
     OPENCV_INPAINT,
     Degrader,
@@ -40,7 +41,6 @@ from fusiondiff.data.degradations import (
     opencv_inpaint,
     split_restoration_source,
 )
-from fusiondiff.filters import blur, gaussian_kernel
 from fusiondiff.inference import FusionPipeline
 from fusiondiff.metrics import lpips_distance, psnr, ssim
 from fusiondiff.metrics.fusion import average_gradient, spatial_frequency
@@ -57,34 +57,6 @@ SHARPNESS = {"SF": spatial_frequency, "AG": average_gradient}
 def to255(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> the 0..255 range of the fusion metrics (SF, AG)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).double()
-
-
-def noise_sigma(img: torch.Tensor) -> float:
-    """Donoho's robust noise estimate of [C, H, W]: median |finest diagonal Haar coefficient| / 0.6745, averaged
-    over the channels."""
-    x = img[:, : img.shape[1] // 2 * 2, : img.shape[2] // 2 * 2].double()
-    hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
-    return float((hh.flatten(1).abs().median(1).values / 0.6745).mean())
-
-
-def nl_means(image: torch.Tensor) -> torch.Tensor:
-    """scikit-image's non-local means on [C, H, W] in [-1, 1], h = 0.8 sigma with sigma estimated from the image."""
-    from skimage.restoration import denoise_nl_means
-
-    sigma = noise_sigma((image + 1) / 2)
-    img = ((image.double() + 1) / 2).permute(1, 2, 0).numpy()
-    out = denoise_nl_means(img, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True,
-                           channel_axis=-1)  # fmt: skip
-    return torch.from_numpy(out).permute(2, 0, 1).to(image) * 2 - 1
-
-
-def unsharp(image: torch.Tensor) -> torch.Tensor:
-    """Unsharp masking of [C, H, W] in [-1, 1]: image + (image - Gaussian blur, sigma 2), clipped; a classical
-    sharpening for a blur whose kernel is unknown."""
-    return (2 * image - blur(image, gaussian_kernel(2.0))).clamp(-1, 1)
-
-
-CLASSICAL = {"noise": {"nl_means": nl_means}, "blur": {"unsharp_mask": unsharp}, "sr": {}}
 
 
 def model_label(path: str) -> str:
@@ -145,7 +117,7 @@ def main() -> None:
         classical = {name: (lambda d, m, name=name: opencv_inpaint(d, m, name)) for name in OPENCV_INPAINT}
         baselines = list(OPENCV_INPAINT)  # the grey-hole input is no baseline for inpainting
     else:
-        classical = {name: (lambda d, m, fn=fn: fn(d)) for name, fn in CLASSICAL[args.kind].items()}
+        classical = {name: (lambda d, m, fn=fn: fn(d)) for name, fn in CLASSICAL_RESTORATION[args.kind].items()}
         baselines = ["identity", *classical]
     for name, fn in classical.items():
         start = time.perf_counter()

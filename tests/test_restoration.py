@@ -19,7 +19,7 @@ from fusiondiff.data.degradations import (
     random_hole_mask,
     read_mask,
 )
-from fusiondiff.filters import gaussian_kernel, motion_kernel
+from fusiondiff.filters import blur, gaussian_kernel, motion_kernel, noise_sigma, unsharp_mask
 
 from conftest import save_png, synthetic_triplet
 from helpers import TINY, compose_config
@@ -71,6 +71,28 @@ def test_down_up_keeps_size_and_loses_detail():
     x = torch.from_numpy(synthetic_triplet(0, 32, 32)[2]).permute(2, 0, 1).float() / 127.5 - 1
     y = down_up(x, 4)
     assert y.shape == x.shape and (y - x).abs().mean() > 0.01
+
+
+def test_noise_sigma_estimates_the_added_noise():
+    from fusiondiff.data.datasets import skimage_photos
+
+    photo = (skimage_photos(["astronaut"])[0][:, :128, :128] + 1) / 2  # [0, 1]
+    for sigma in (0.02, 0.05, 0.1, 0.2):
+        noisy = photo + sigma * torch.randn(photo.shape, generator=gen(1))
+        assert noise_sigma(noisy) == pytest.approx(sigma, rel=0.3)
+    assert noise_sigma(torch.full((3, 32, 32), 0.5)) == 0.0
+
+
+def test_unsharp_mask_restores_edges_and_keeps_flat_images():
+    flat = torch.full((3, 24, 24), 0.3)
+    torch.testing.assert_close(unsharp_mask(flat), flat)
+    edge = torch.zeros(1, 32, 32)
+    edge[:, :, 16:] = 1.0
+    blurred = blur(edge, gaussian_kernel(1.5))
+    sharpened = unsharp_mask(blurred)
+    step = lambda x: float(x[0, 16, 16] - x[0, 16, 15])  # noqa: E731
+    assert step(sharpened) > step(blurred)
+    torch.testing.assert_close(unsharp_mask(blurred, amount=0.0), blurred)
 
 
 def test_degrader_kinds_and_errors():

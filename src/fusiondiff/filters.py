@@ -48,6 +48,19 @@ def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return out[0] if unbatched else out
 
 
+def unsharp_mask(image: torch.Tensor, sigma: float = 2.0, amount: float = 1.0) -> torch.Tensor:
+    """Unsharp masking: image + amount * (image - Gaussian blur of std ``sigma``); not clipped."""
+    return image + amount * (image - blur(image, gaussian_kernel(sigma)))
+
+
+def noise_sigma(image: torch.Tensor) -> float:
+    """Robust estimate of additive white noise's std in [C, H, W] (Donoho's MAD rule): the median absolute
+    finest diagonal Haar coefficient / 0.6745, averaged over the channels; in the image's own units."""
+    x = image[:, : image.shape[1] // 2 * 2, : image.shape[2] // 2 * 2].double()
+    hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
+    return float((hh.flatten(1).abs().median(1).values / 0.6745).mean())
+
+
 def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Sum over a (2r+1)^2 window (zeros outside) via an integral image: O(1) per pixel for any radius."""
     h, w = x.shape[-2:]

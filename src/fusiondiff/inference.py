@@ -20,7 +20,7 @@ from torch import nn
 
 from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, make_schedule, respace_timesteps, tiled_denoiser
-from fusiondiff.diffusion.parameterization import from_diffused, network_condition, residual_base, split_residual
+from fusiondiff.diffusion.parameterization import base_and_condition, from_diffused, split_residual
 from fusiondiff.diffusion.samplers import SPACINGS
 from fusiondiff.fusion.noise_space import ratio_weights
 
@@ -180,8 +180,7 @@ class FusionPipeline:
                 stacklevel=2,
             )
         b, _, _, h, w = sources.shape
-        base = residual_base(sources, image_residual) if image_residual else None
-        cond = network_condition(sources, image_residual, base)
+        base, cond = base_and_condition(sources, image_residual)
         fused = sample_fn(
             denoiser, self.schedule, cond, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=clip_x0,
             callback=callback, **sampler_options,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from fusiondiff.data.datasets import PairedAugment, PhotoPatches, _generator, random_crop
 from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, read_image
-from fusiondiff.filters import blur, gaussian_kernel, motion_kernel
+from fusiondiff.filters import blur, gaussian_kernel, motion_kernel, noise_sigma, unsharp_mask
 
 DEGRADATIONS = ("inpaint", "noise", "blur", "sr")
 
@@ -303,6 +303,29 @@ def opencv_inpaint(image: torch.Tensor, mask: torch.Tensor, method: str = "telea
     filled = cv2.inpaint(np.ascontiguousarray(img), hole.cpu().numpy().astype(np.uint8) * 255, radius, flag)
     filled = torch.from_numpy(filled.reshape(img.shape)).permute(2, 0, 1).to(image) / 127.5 - 1
     return torch.where(hole.to(image.device), filled, image)
+
+
+def nl_means_denoise(image: torch.Tensor) -> torch.Tensor:
+    """scikit-image's non-local means on [C, H, W] in [-1, 1] with h = 0.8 sigma, sigma estimated from the
+    image (:func:`~fusiondiff.filters.noise_sigma`): the classical denoising baseline."""
+    from skimage.restoration import denoise_nl_means
+
+    sigma = noise_sigma((image + 1) / 2)
+    img = ((image.detach().double().cpu() + 1) / 2).permute(1, 2, 0).numpy()
+    out = denoise_nl_means(img, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True,
+                           channel_axis=-1)  # fmt: skip
+    return torch.from_numpy(out).permute(2, 0, 1).to(image) * 2 - 1
+
+
+def unsharp_restore(image: torch.Tensor) -> torch.Tensor:
+    """Unsharp masking (Gaussian std 2, amount 1) clipped to [-1, 1]: the classical baseline for a blur whose
+    kernel is unknown."""
+    return unsharp_mask(image, 2.0, 1.0).clamp(-1, 1)
+
+
+# classical baselines per degradation, image [C, H, W] -> [C, H, W] (inpainting: opencv_inpaint, which needs
+# the mask; sr: the bicubic input itself)
+CLASSICAL_RESTORATION = {"noise": {"nl_means": nl_means_denoise}, "blur": {"unsharp_mask": unsharp_restore}, "sr": {}}
 
 
 def inpaint_fill(sources: torch.Tensor, method: str = "telea", radius: int = 3) -> torch.Tensor:

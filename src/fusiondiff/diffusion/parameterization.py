@@ -165,6 +165,12 @@ def network_condition(sources: torch.Tensor, residual: bool | str, base: torch.T
     return torch.cat([base[:, None].to(sources.dtype), sources[:, :, base.shape[1] :]], 2)
 
 
+def base_and_condition(sources: torch.Tensor, residual: bool | str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The residual base (None without residual diffusion), computed once, and :func:`network_condition`."""
+    base = residual_base(sources, residual) if residual else None
+    return base, network_condition(sources, residual, base)
+
+
 def from_diffused(
     sample: torch.Tensor, sources: torch.Tensor, residual: bool | str, base: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -14,13 +14,12 @@ from torch.optim.swa_utils import AveragedModel
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, training_target
 from fusiondiff.diffusion.parameterization import (
+    base_and_condition,
     blend_sources,
     check_prediction,
     check_residual,
     eps_from_output,
     from_diffused,
-    network_condition,
-    residual_base,
     split_residual,
     to_diffused,
 )
@@ -160,12 +159,12 @@ class DiffusionFusionModule(L.LightningModule):
     def diffusion_loss(self, batch: dict, return_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The training loss of a batch (and, with ``return_x0``, the x̂0 *image* it implies, for the critic)."""
         sources = batch["sources"]
-        base = residual_base(sources, self.image_residual) if self.image_residual else None
+        base, cond = base_and_condition(sources, self.image_residual)
         target = to_diffused(batch["target"], sources, self.image_residual, base)
         t = self.training_timesteps(target.shape[0], target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
-        out = self.net(x_t, t, network_condition(sources, self.image_residual, base))
+        out = self.net(x_t, t, cond)
         if self.prediction == "blend":
             out = blend_sources(out, sources, self.blend_prior)
         loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
@@ -246,8 +245,7 @@ class DiffusionFusionModule(L.LightningModule):
         denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction, self.blend_prior)
         b, _, _, h, w = sources.shape
         shape = (b, getattr(self.net, "image_channels", sources.shape[2]), h, w)  # sources may have more channels (HDR)
-        base = residual_base(sources, self.image_residual) if self.image_residual else None
-        cond = network_condition(sources, self.image_residual, base)
+        base, cond = base_and_condition(sources, self.image_residual)
         return from_diffused(
             sampler(denoiser, self.schedule, cond, ts, shape=shape, generator=gen), sources, self.image_residual, base
         )
