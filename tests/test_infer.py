@@ -143,3 +143,18 @@ def test_default_step_count_comes_from_the_model(tmp_path):
     seen = []
     pipe(torch.zeros(2, 3, 16, 16), callback=lambda i, t, x, x0: seen.append(t))
     assert len(seen) == 3
+
+
+def test_output_equal_to_a_source_is_refused_and_the_source_is_untouched(bundle, pair, tmp_path):
+    import hashlib
+
+    from fusiondiff.cli.infer import OutputIsSourceError
+
+    a, b = pair
+    before = hashlib.sha256(a.read_bytes()).digest()
+    for out in (a, a.parent / ".." / a.parent.name / a.name):  # the same file, also through another path
+        with pytest.raises(OutputIsSourceError, match="would overwrite a source"):
+            run(bundle, out, pair, "overwrite=true")
+    assert hashlib.sha256(a.read_bytes()).digest() == before
+    with pytest.raises(OutputIsSourceError):  # zero-shot modes too, before the prior is loaded
+        infer(compose_config("infer", ["mode=noise_fusion", f"inputs=[{a},{b}]", f"output={b}", "prior=/nonexistent.ckpt"]))

@@ -22,6 +22,25 @@ EXAMPLE_SOURCES = (ASSETS / "example_A.png", ASSETS / "example_B.png")
 SAMPLER_KEYS = ("name", "steps", "spacing", "clip_x0")
 
 
+class OutputIsSourceError(ValueError):
+    """An output path that names one of the inputs: writing it would destroy a source."""
+
+
+def check_not_a_source(outputs: list[Path], inputs: list[Path | str | None]) -> None:
+    """Refuse (before any compute) an output that is one of the inputs: a source is never overwritten, whatever
+    ``overwrite`` says. Compares resolved paths, and the files themselves where both exist (links, case)."""
+    sources = [Path(p) for p in inputs if p]
+    for out in outputs:
+        for src in sources:
+            same = out.resolve() == src.resolve()
+            if not same and out.exists() and src.exists():
+                same = out.samefile(src)
+            if same:
+                raise OutputIsSourceError(
+                    f"output {out} is the input {src}: writing it would overwrite a source; choose another output="
+                )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,6 +173,7 @@ def noise_fusion(cfg: DictConfig) -> list[Path]:
             raise ValueError("mode=noise_fusion needs inputs=[a.png,b.png,...] (two or more images) or fusion.input_yaml=...")
         jobs = [NoiseFusionJob([Path(p) for p in cfg.inputs], Path(cfg.output), fusion)]
     for job in jobs:  # validate everything before the (slow) model load
+        check_not_a_source([job.output], job.images)
         f = job.fusion
         if f["mode"] not in MODES:
             raise ValueError(f"unknown fusion.mode {f['mode']!r}; valid: {', '.join(MODES)}")
@@ -213,6 +233,9 @@ def hdr(cfg: DictConfig) -> list[Path]:
     if pipe.config.get("task", {}).get("name") != "hdr":
         raise ValueError(f"{cfg.ckpt or 'the default bundle'} is not an HDR model (train one with task=hdr)")
     out_dir, written = Path(cfg.output_dir), []
+    for folder in folders:
+        name = folder.name
+        check_not_a_source([out_dir / f"{name}.hdr", out_dir / f"{name}.png"], list(folder.iterdir()))
     for k, folder in enumerate(folders, 1):
         scene = load_scene(folder, require_hdr=False)
         start = time.perf_counter()
@@ -256,6 +279,8 @@ def restore(cfg: DictConfig) -> list[Path]:
         jobs = [(d, m, out_dir / f"{stem}.png", c) for stem, d, m, c in restoration_files(cfg.input_dir)]
     else:
         jobs = [(Path(cfg.input), cfg.mask, Path(cfg.output), None)]
+    for path, mask_path, out, clean_path in jobs:
+        check_not_a_source([out], [path, mask_path, clean_path])
     pipe = FusionPipeline.from_file(cfg.ckpt, device=resolve_device(cfg.device))
     if pipe.config.get("task", {}).get("name") != "restoration":
         raise ValueError(f"{cfg.ckpt or 'the default bundle'} is not a restoration model (train one with task=restoration)")
@@ -291,6 +316,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
 
     if not cfg.input or not cfg.mask:
         raise ValueError("mode=inpaint needs input=<image> and mask=<hole mask image, white = hole>")
+    check_not_a_source([Path(cfg.output)], [cfg.input, cfg.mask])
     opts = cfg.inpaint
     if opts.method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpaint.method {opts.method!r}; valid: {', '.join(INPAINT_METHODS)}")
@@ -333,8 +359,6 @@ def infer(cfg: DictConfig) -> list[Path]:
         return inpaint(cfg)
     if cfg.inputs and cfg.input_dir:
         raise ValueError("give either inputs=[a,b,...] or input_dir=..., not both")
-    pipe = FusionPipeline.from_file(cfg.ckpt, device=resolve_device(cfg.device))
-    log.info("model: %s", cfg.ckpt or "the bundled multi-focus model")
     jobs: list[tuple[str, list[Path], Path]] = []
     if cfg.input_dir:
         out_dir = Path(cfg.output_dir)
@@ -343,6 +367,10 @@ def infer(cfg: DictConfig) -> list[Path]:
     else:
         inputs = [Path(p) for p in cfg.inputs] if cfg.inputs else list(EXAMPLE_SOURCES)
         jobs.append((inputs[0].stem, inputs, Path(cfg.output)))
+    for _, paths, out in jobs:
+        check_not_a_source([out], paths)
+    pipe = FusionPipeline.from_file(cfg.ckpt, device=resolve_device(cfg.device))
+    log.info("model: %s", cfg.ckpt or "the bundled multi-focus model")
     written = []
     for k, (name, paths, out) in enumerate(jobs, 1):
         if out.exists() and not cfg.overwrite:
