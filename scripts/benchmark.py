@@ -56,10 +56,10 @@ def _pair(size: tuple[int, int], device: str) -> torch.Tensor:
 
 
 def job_sample(args: dict) -> dict:
-    from fusiondiff.inference import FusionPipeline
+    from fusiondiff.tasks import load_pipeline
 
     torch.set_num_threads(args["threads"])
-    pipe = FusionPipeline.from_file(args["model"], device=args["device"])
+    pipe = load_pipeline(args["model"], device=args["device"])
     if not args.get("channels_last", True):  # the pipeline uses channels_last by default
         pipe.net = pipe.net.to(memory_format=torch.contiguous_format)
     sources = _pair(args["size"], args["device"])
@@ -81,7 +81,7 @@ def job_sample(args: dict) -> dict:
 
 
 def job_net_step(args: dict) -> dict:
-    from fusiondiff.inference import build_net
+    from fusiondiff.models.bundle import build_net
 
     torch.set_num_threads(args["threads"])
     net = build_net(args["net"]).eval().to(args["device"])
@@ -100,7 +100,7 @@ def job_net_step(args: dict) -> dict:
 def job_train(args: dict) -> dict:
     import torch.nn.functional as F
 
-    from fusiondiff.inference import build_net
+    from fusiondiff.models.bundle import build_net
 
     torch.set_num_threads(args["threads"])
     net = build_net(args["net"]).train().to(args["device"])

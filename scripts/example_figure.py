@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from fusiondiff.cli.infer import EXAMPLE_SOURCES
 from fusiondiff.data import load_sources, read_image, write_image
-from fusiondiff.inference import FusionPipeline
 from fusiondiff.metrics import psnr, ssim
+from fusiondiff.tasks import load_pipeline
+from fusiondiff.tasks.multifocus import EXAMPLE_SOURCES
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     sources = load_sources(list(EXAMPLE_SOURCES))
     target = read_image(EXAMPLE_SOURCES[0].parent / "example_GT.png")
-    fused = FusionPipeline.from_file(args.model)(sources, steps=args.steps)
+    fused = load_pipeline(args.model)(sources, steps=args.steps)
     fused = torch.round((fused + 1) * 127.5) / 127.5 - 1  # score what is saved as 8-bit
     for name, img in (("fused", fused), ("average", sources.mean(0))):
         print(f"{name}: PSNR {psnr(img, target):.2f} dB, SSIM {ssim(img, target):.4f}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusiondiff.inference import export_bundle
+from fusiondiff.models.bundle import export_bundle
 
 
 def main() -> None:

@@ -14,26 +14,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fusiondiff.data import load_sources, write_image
-from fusiondiff.data.datasets import skimage_photos
-from fusiondiff.fusion.noise_space import MODES, half_mask
+from fusiondiff.data.datasets import heldout_pair
 from fusiondiff.metrics import psnr
-from fusiondiff.priors import load_prior
-from fusiondiff.zero_shot import NoiseSpaceFusion
+from fusiondiff.zero_shot import RULES, NoiseSpaceFusion, half_mask, load_prior
 
 RATIOS = (0.0, 0.3, 0.5, 0.7, 1.0)
-
-
-def default_pair(size: int) -> torch.Tensor:
-    out = []
-    for photo in skimage_photos(["coffee", "rocket"]):
-        h, w = photo.shape[-2:]
-        side = min(h, w)
-        crop = photo[..., (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
-        out.append(F.interpolate(crop[None], (size, size), mode="area")[0])
-    return torch.stack(out)
 
 
 def main() -> None:
@@ -47,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/zero_shot_grid.png"))
     args = parser.parse_args()
     fuser = NoiseSpaceFusion(load_prior(args.prior))
-    images = load_sources(args.images) if args.images else default_pair(args.size)
+    images = load_sources(args.images) if args.images else heldout_pair(args.size)
     start = time.perf_counter()
     inv = fuser.invert(images, steps=args.steps, seed=args.seed)
     print(f"inversion of 2 images: {(time.perf_counter() - start) / args.steps:.3f} s per step (one batched call)")
@@ -56,7 +43,7 @@ def main() -> None:
     h, w = images.shape[-2:]
     pad_c, pad_r = torch.ones(3, h, 3), torch.ones(3, 3, 1)
     rows = []
-    for mode in MODES:
+    for mode in tuple(RULES):
         mask = half_mask(h, w) if mode == "mask" else None
         tiles = [fuser.fuse(inv, [1 - r, r], mode, skip=args.skip, mask=mask)[0] for r in RATIOS]
         rows.append(torch.cat([t for tile in tiles for t in (tile, pad_c)][:-1], dim=-1))

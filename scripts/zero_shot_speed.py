@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from fusiondiff.diffusion import make_schedule
 from fusiondiff.machine import cpu_name
 from fusiondiff.models import ConditionalUNet
-from fusiondiff.priors import OwnPrior, load_prior
 from fusiondiff.zero_shot import NoiseSpaceFusion
+from fusiondiff.zero_shot.priors import OwnPrior, load_prior
 
 
 def tiny_prior() -> OwnPrior:

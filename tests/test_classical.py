@@ -2,10 +2,9 @@ import pytest
 import torch
 
 from fusiondiff.data import SyntheticMultiFocus
-from fusiondiff.filters import box_mean
-from fusiondiff.fusion import CLASSICAL_METHODS, get_classical
-from fusiondiff.fusion.classical import guided_filter
+from fusiondiff.filters import box_mean, guided_filter
 from fusiondiff.metrics.fusion import qabf
+from fusiondiff.tasks.multifocus import CLASSICAL_METHODS, get_classical
 
 
 def to255(x):

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from fusiondiff.cli.evaluate import evaluate, markdown_table
+from fusiondiff.cli.evaluate import evaluate
+from fusiondiff.evaluation import markdown_table
 
 from conftest import save_png, synthetic_triplet
 from helpers import compose_config, write_tiny_bundle
@@ -39,10 +40,20 @@ def test_evaluate_writes_every_report_and_resumes(gt_folder, tiny_bundle, tmp_pa
     assert len(rows) == 3 * 4 and {r["image"] for r in rows} == {"p0", "p1", "p2"}
     assert summary["decision_map"]["qabf"]["mean"] > summary["average"]["qabf"]["mean"]
     # an untrained x0/residual model starts at averaging: equal PSNR to the average (quantisation aside)
-    assert abs(summary["fusiondiff (ddim, 1 steps)"]["psnr"]["mean"] - summary["average"]["psnr"]["mean"]) < 0.5
+    assert abs(summary["fusiondiff (ddim, 1 step)"]["psnr"]["mean"] - summary["average"]["psnr"]["mean"]) < 0.5
     md = (out / "summary.md").read_text()
     assert "**" in md and "| decision_map |" in md
-    assert json.loads((out / "summary.json").read_text())["images"] == 3
+    report = json.loads((out / "summary.json").read_text())
+    assert report["images"] == 3
+    # paired against the decision map (the task's default baseline), recomputed from the CSV
+    vs_dm = report["paired"]["average"]["qabf"]
+    by = {(r["method"], r["image"]): float(r["qabf"]) for r in rows}
+    d = [by[("average", i)] - by[("decision_map", i)] for i in ("p0", "p1", "p2")]
+    assert vs_dm["vs"] == "decision_map" and vs_dm["n"] == 3 and vs_dm["wins"] == sum(x > 0 for x in d)
+    assert vs_dm["mean"] == pytest.approx(sum(d) / 3, abs=1e-12) and vs_dm["mean"] < 0
+    sd = (sum((x - sum(d) / 3) ** 2 for x in d) / 2) ** 0.5
+    assert vs_dm["ci95"] == pytest.approx(1.96 * sd / 3**0.5, rel=1e-9)
+    assert "Paired differences, method − decision_map" in md
 
     # resume: nothing recomputed, the CSV does not grow
     evaluate(compose_config("evaluate", overrides))
@@ -78,14 +89,22 @@ def test_markdown_marks_best_respecting_direction():
     assert "| a | 0.5 ± 0.1 | **10 ± 1** |" in table and "| b | **0.7 ± 0.1** | 20 ± 1 |" in table
 
 
-def test_model_labels_keep_runs_apart(tmp_path):
+def test_model_labels_keep_runs_apart(tmp_path, tiny_bundle):
+    import shutil
+
     from omegaconf import OmegaConf
 
-    from fusiondiff.cli.evaluate import parse_methods
+    from fusiondiff.tasks import get_task
 
-    cfg = OmegaConf.create({"methods": ["model:runs/a/model.safetensors", "model:runs/b/model.safetensors"], "steps": [1],
-                            "ckpt": None, "sampler": {"name": "ddim"}})  # fmt: skip
-    assert [m.label for m in parse_methods(cfg)] == ["a/model (ddim, 1 steps)", "b/model (ddim, 1 steps)"]
-    cfg.methods = ["model:x/net.ckpt", "model:y/net.ckpt"]
+    for run in ("a", "b", "x", "y"):
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        shutil.copy(tiny_bundle, tmp_path / "runs" / run / ("model.safetensors" if run in "ab" else "net.safetensors"))
+    a, b = (tmp_path / "runs" / r / "model.safetensors" for r in "ab")
+    cfg = OmegaConf.create({"methods": [f"model:{a}", f"model:{b}"], "steps": [1, 2], "ckpt": None,
+                            "sampler": {"name": "ddim"}})  # fmt: skip
+    task = get_task("multifocus")
+    labels = [m.label for m in task.methods(cfg, {}, lambda pipe, s, t: None, [])]
+    assert labels == ["a (ddim, 1 step)", "a (ddim, 2 steps)", "b (ddim, 1 step)", "b (ddim, 2 steps)"]
+    cfg.methods = [f"model:{tmp_path / 'runs' / r / 'net.safetensors'}" for r in "xy"]
     with pytest.raises(ValueError, match="both be labelled"):
-        parse_methods(cfg)
+        task.methods(cfg, {}, lambda pipe, s, t: None, [])

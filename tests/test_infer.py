@@ -8,8 +8,12 @@ from safetensors.torch import save_file
 
 from fusiondiff.cli.infer import infer
 from fusiondiff.data import ImageError, read_image
-from fusiondiff.inference import FusionPipeline, load_model
 from fusiondiff.models import ConditionalUNet
+from fusiondiff.models.bundle import load_model
+from fusiondiff.pipeline import FusionPipeline
+from fusiondiff.tasks import get_task, load_pipeline
+from fusiondiff.zero_shot import NoiseSpaceFusion, ratio_weights
+from fusiondiff.zero_shot.priors import OwnPrior
 
 from conftest import save_png, synthetic_triplet
 from helpers import compose_config, write_tiny_bundle
@@ -94,18 +98,21 @@ def test_pipeline_matches_the_training_module_for_a_residual_x0_model():
         torch.nn.init.normal_(p, std=0.02)
     sched = make_schedule("cosine", 100)
     module = DiffusionFusionModule(
-        net, sched, optimizer=torch.optim.AdamW, ema_decay=0, prediction="x0", residual=True, val_steps=3
+        net, sched, optimizer=torch.optim.AdamW, ema_decay=0, prediction="x0", residual=True, sampler={"steps": 3}
     )
     sources = torch.rand(2, 2, 3, 16, 16) * 2 - 1
-    pipe = FusionPipeline(net, sched, {"prediction": "x0", "residual": True})
+    mean = get_task("multifocus").conditioning("x0", True)
+    pipe = FusionPipeline(net, sched, {"prediction": "x0", "residual": True}, mean)
     torch.testing.assert_close(pipe(sources, steps=3, seed=5), module.sample(sources, seed=5))
     untrained = ConditionalUNet(image_channels=3, num_sources=2, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
-    start = FusionPipeline(untrained, sched, {"prediction": "x0", "residual": True})(sources, steps=2)
+    start = FusionPipeline(untrained, sched, {"prediction": "x0", "residual": True}, mean)(sources, steps=2)
     torch.testing.assert_close(start, sources.mean(1))  # zero-initialised output: residual 0 = averaging
+    with pytest.raises(ValueError, match="pass its task's conditioning"):  # a residual is never silently dropped
+        FusionPipeline(untrained, sched, {"prediction": "x0", "residual": True})
 
 
 def test_pipeline_rejects_nan_out_of_range_and_wrong_source_count(bundle):
-    pipe = FusionPipeline.from_file(bundle)
+    pipe = load_pipeline(bundle)
     with pytest.raises(ImageError, match="NaN"):
         pipe(torch.full((2, 3, 16, 16), float("nan")), steps=1)
     with pytest.raises(ImageError, match=r"expected \[-1, 1\]"):
@@ -121,25 +128,30 @@ def test_zero_shot_fusion_with_an_unconditional_model():
     net = ConditionalUNet(image_channels=3, num_sources=0, base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    pipe = FusionPipeline(net, make_schedule("cosine", 100), {"net": {"num_sources": 0}})
+    fuser = NoiseSpaceFusion(OwnPrior(net, make_schedule("cosine", 100), {"net": {"num_sources": 0}}))
+
+    def zero_shot(images, ratio, steps, skip=0, mode="linear"):
+        return fuser.fuse(fuser.invert(images, steps), ratio_weights(ratio), mode, skip)[0]
+
     a, b = torch.rand(2, 3, 16, 16) * 1.6 - 0.8
     images = torch.stack([a, b])
     # Exact in float64 (tests/test_noise_space.py); here the float32 network sees batches of 2 when inverting
     # and of 1 when regenerating, whose kernels may round differently: agreement far below one 8-bit level.
-    torch.testing.assert_close(pipe.zero_shot(images, ratio=0.0, steps=8), a, atol=1e-3, rtol=0)
-    torch.testing.assert_close(pipe.zero_shot(images, ratio=1.0, steps=8, skip=3), b, atol=1e-3, rtol=0)
-    mixed = pipe.zero_shot(images, ratio=0.5, mode="feature_selective", steps=8)
-    assert mixed.shape == (3, 16, 16) and not torch.allclose(mixed, a) and not torch.allclose(mixed, b)
+    torch.testing.assert_close(zero_shot(images, 0.0, 8), a, atol=1e-3, rtol=0)
+    torch.testing.assert_close(zero_shot(images, 1.0, 8, skip=3), b, atol=1e-3, rtol=0)
+    mixed = zero_shot(images, 0.5, 8, mode="feature_selective")
+    # a true mixture: closer to each input than the other input is, and equal to neither
+    for x, y in ((a, b), (b, a)):
+        assert (mixed - x).abs().mean() < (y - x).abs().mean() and (mixed - x).abs().max() > 1e-2
     cond_net = ConditionalUNet(base_channels=8, channel_mult=(1, 2), num_res_blocks=1)
-    conditional = FusionPipeline(cond_net, make_schedule("cosine", 10), {"net": {"num_sources": 2}})
     with pytest.raises(ValueError, match="unconditional model"):
-        conditional.zero_shot(images)
+        OwnPrior(cond_net, make_schedule("cosine", 10), {"net": {"num_sources": 2}})
 
 
 def test_default_step_count_comes_from_the_model(tmp_path):
     bundle = write_tiny_bundle(tmp_path / "m.safetensors", sampler={"name": "ddim", "steps": 3})
-    pipe = FusionPipeline.from_file(bundle)
-    assert pipe.default_steps == 3 and FusionPipeline.from_file(write_tiny_bundle(tmp_path / "n.safetensors")).default_steps == 20
+    pipe = load_pipeline(bundle)
+    assert pipe.default_steps == 3 and load_pipeline(write_tiny_bundle(tmp_path / "n.safetensors")).default_steps == 20
     seen = []
     pipe(torch.zeros(2, 3, 16, 16), callback=lambda i, t, x, x0: seen.append(t))
     assert len(seen) == 3
@@ -148,7 +160,7 @@ def test_default_step_count_comes_from_the_model(tmp_path):
 def test_output_equal_to_a_source_is_refused_and_the_source_is_untouched(bundle, pair, tmp_path):
     import hashlib
 
-    from fusiondiff.cli.infer import OutputIsSourceError
+    from fusiondiff.data.io import OutputIsSourceError
 
     a, b = pair
     before = hashlib.sha256(a.read_bytes()).digest()

@@ -8,8 +8,8 @@ from fusiondiff.cli.infer import infer
 from fusiondiff.data import read_image
 from fusiondiff.diffusion import inversion_timesteps, make_schedule
 from fusiondiff.diffusion.inpainting import repaint
-from fusiondiff.priors import DiffusersPixelPrior, load_prior
 from fusiondiff.zero_shot import NoiseSpaceFusion
+from fusiondiff.zero_shot.priors import DiffusersPixelPrior, load_prior
 
 from conftest import save_png, synthetic_triplet
 from helpers import compose_config, write_tiny_bundle, write_tiny_diffusers_pixel, write_tiny_stable_diffusion

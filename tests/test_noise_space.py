@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fusiondiff.diffusion import inversion_timesteps, invert, make_schedule, regenerate
-from fusiondiff.fusion.noise_space import (
+from fusiondiff.zero_shot.rules import (
     MODES,
     cross_fade_weight,
     fuse_inversions,

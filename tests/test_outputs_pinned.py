@@ -2,7 +2,8 @@
 
 Each case runs a shipped bundle (or a seeded tiny bundle per residual kind) and hashes the 8-bit image that
 ``write_image`` would store. The hashes were recorded with the code as it stood before the move (commit
-44cb129, torch 2.14 CPU build, the 2-core development machine); a mismatch means a refactor changed the maths, not just where it lives.
+44cb129, torch 2.14 CPU build, the 2-core development machine); a mismatch means a refactor changed the
+maths, not just where it lives.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def example_sources() -> torch.Tensor:
 
 
 def shipped_pipeline():
-    from fusiondiff.inference import FusionPipeline
+    from fusiondiff.tasks import load_pipeline
 
-    return FusionPipeline.from_file()
+    return load_pipeline()
 
 
 PINNED = {
@@ -60,8 +61,8 @@ def test_shipped_bundle_tiled_two_steps():
 
 
 def test_shipped_prior_noise_fusion():
-    from fusiondiff.priors import load_prior
     from fusiondiff.zero_shot import NoiseSpaceFusion
+    from fusiondiff.zero_shot.priors import load_prior
 
     images = example_sources()[:, :, 40:104, 100:164]
     fuser = NoiseSpaceFusion(load_prior(None))
@@ -70,7 +71,7 @@ def test_shipped_prior_noise_fusion():
 
 
 def _tiny_case(tmp_path: Path, residual, num_sources: int, source_channels: int | None, task: str) -> torch.Tensor:
-    from fusiondiff.inference import FusionPipeline
+    from fusiondiff.tasks import load_pipeline
 
     bundle = write_tiny_bundle(tmp_path / f"{residual}.safetensors", num_sources=num_sources, prediction="x0",
                                residual=residual, task={"name": task})  # fmt: skip
@@ -82,7 +83,8 @@ def _tiny_case(tmp_path: Path, residual, num_sources: int, source_channels: int 
         from fusiondiff.models import ConditionalUNet
 
         net_cfg = {"_target_": "fusiondiff.models.ConditionalUNet", "image_channels": 3, "num_sources": num_sources,
-                   "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "source_channels": source_channels}  # fmt: skip
+                   "base_channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                   "source_channels": source_channels}  # fmt: skip
         torch.manual_seed(0)
         net = ConditionalUNet(**{k: v for k, v in net_cfg.items() if k != "_target_"})
         for p in net.parameters():
@@ -97,13 +99,17 @@ def _tiny_case(tmp_path: Path, residual, num_sources: int, source_channels: int 
         mask = torch.zeros(1, 32, 40)
         mask[:, 8:20, 10:25] = 1
         sources = torch.cat([sources[:, :3] * (1 - mask), mask[None]], 1)
-    return FusionPipeline.from_file(bundle)(sources, steps=3, seed=2)
+    return load_pipeline(bundle)(sources, steps=3, seed=2)
 
 
 @pytest.mark.parametrize(
     ("residual", "num_sources", "source_channels", "task"),
-    [("mean", 2, None, "multifocus"), ("guided_filter", 2, None, "multifocus"), ("hdr_merge", 3, 6, "hdr"),
-     ("navier_stokes", 1, 4, "restoration")],  # fmt: skip
+    [
+        ("mean", 2, None, "multifocus"),
+        ("guided_filter", 2, None, "multifocus"),
+        ("hdr_merge", 3, 6, "hdr"),
+        ("navier_stokes", 1, 4, "restoration"),
+    ],  # fmt: skip
 )
 def test_tiny_bundles_per_residual(tmp_path, residual, num_sources, source_channels, task):
     fused = _tiny_case(tmp_path, residual, num_sources, source_channels, task)

@@ -56,17 +56,21 @@ def test_unknown_prediction():
 
 @pytest.mark.parametrize("residual", ["mean", True, "decision_map", "guided_filter", "laplacian_pyramid"])
 def test_residual_bases_round_trip(residual):
-    from fusiondiff.diffusion.parameterization import from_diffused, residual_base, to_diffused
-    from fusiondiff.fusion.classical import get_classical
+    from fusiondiff.diffusion.parameterization import from_diffused, to_diffused
+    from fusiondiff.tasks import get_task
+    from fusiondiff.tasks.multifocus import get_classical
 
     g = torch.Generator().manual_seed(0)
     sources = torch.rand(2, 2, 3, 24, 24, generator=g) * 1.6 - 0.8
     target = torch.rand(2, 3, 24, 24, generator=g) * 1.6 - 0.8
-    torch.testing.assert_close(from_diffused(to_diffused(target, sources, residual), sources, residual), target)
-    if isinstance(residual, str) and residual != "mean":
-        torch.testing.assert_close(residual_base(sources, residual), get_classical(residual)(sources))
-    with pytest.raises(ValueError, match="unknown residual"):
-        to_diffused(target, sources, "median")
+    task = get_task("multifocus")
+    base, cond = task.conditioning("x0", residual).prepare(sources)
+    assert cond is sources  # multi-focus networks see the sources as they are
+    torch.testing.assert_close(from_diffused(to_diffused(target, base), base), target)
+    expected = sources.mean(1) if residual in ("mean", True) else get_classical(residual)(sources)
+    torch.testing.assert_close(base, expected)
+    with pytest.raises(ValueError, match="unknown residual base of task multifocus 'median'; valid: mean, average"):
+        task.conditioning("x0", "median")
 
 
 def test_blend_prediction_copies_sources_where_the_weights_saturate():

@@ -6,8 +6,8 @@ import torch
 
 from fusiondiff.cli.infer import infer
 from fusiondiff.data import read_image
-from fusiondiff.priors import DiffusersPixelPrior, OwnPrior, StableDiffusionPrior, load_prior
 from fusiondiff.zero_shot import NoiseSpaceFusion, Prompts
+from fusiondiff.zero_shot.priors import DiffusersPixelPrior, OwnPrior, StableDiffusionPrior, load_prior
 
 from conftest import save_png, synthetic_triplet
 from helpers import compose_config, write_tiny_bundle, write_tiny_diffusers_pixel, write_tiny_stable_diffusion

@@ -165,7 +165,7 @@ RESTORATION_TINY = [*TINY, "data.train.num_samples=8", "data.train.crop_size=16"
 
 def test_restoration_fast_dev_run_then_restore_cli(tmp_path):
     cfg = compose_config("train", ["experiment=restoration_quickstart", *RESTORATION_TINY, "trainer.max_steps=2",
-                                  "task.module.val_steps=1"], tmp_path)  # fmt: skip
+                                  "sampler.steps=1"], tmp_path)  # fmt: skip
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 2 and "val/psnr" in metrics
     bundle = objects["bundle"]
@@ -204,9 +204,9 @@ def test_restoration_fast_dev_run_then_restore_cli(tmp_path):
         infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input_dir={root}", f"output_dir={tmp_path / 'o'}"]))
     # the quickstart trains only at its sampler's timesteps (fraction 1): other step counts warn, its own do not
     from fusiondiff.data.degradations import load_degraded
-    from fusiondiff.inference import FusionPipeline
+    from fusiondiff.tasks import load_pipeline
 
-    pipe = FusionPipeline.from_file(bundle)
+    pipe = load_pipeline(bundle)
     assert pipe.config["trained_steps"] == 1 == pipe.default_steps
     sources = load_degraded(src, mpath)
     with warnings.catch_warnings():
@@ -233,8 +233,10 @@ def test_mixed_degradation_config_composes_and_runs(tmp_path):
 
 @pytest.mark.parametrize("method", ["telea", "navier_stokes"])
 def test_inpainting_residual_base_keeps_known_pixels_and_fills_holes(method):
-    from fusiondiff.data.degradations import inpaint_fill, restoration_source
-    from fusiondiff.diffusion.parameterization import from_diffused, residual_base, to_diffused
+    from fusiondiff.data.degradations import restoration_source
+    from fusiondiff.diffusion.parameterization import from_diffused, to_diffused
+    from fusiondiff.tasks import get_task
+    from fusiondiff.tasks.restoration import OPENCV_INPAINT, inpaint_fill
 
     clean = torch.from_numpy(synthetic_triplet(2, 32, 32)[2]).permute(2, 0, 1).float() / 127.5 - 1
     mask = torch.zeros(1, 32, 32)
@@ -248,22 +250,21 @@ def test_inpainting_residual_base_keeps_known_pixels_and_fills_holes(method):
     assert (base[0] - clean)[:, hole].abs().mean() < (0 - clean)[:, hole].abs().mean()  # better than the grey hole
     assert torch.equal(base[1], clean * 0.9)  # no hole: the degraded image itself
     target = torch.stack([clean, clean])
-    torch.testing.assert_close(from_diffused(to_diffused(target, sources, method), sources, method), target)
-    torch.testing.assert_close(residual_base(sources, method), base)
-    from fusiondiff.data.degradations import OPENCV_INPAINT
-    from fusiondiff.diffusion.parameterization import RESIDUAL_INPAINT
-
-    assert RESIDUAL_INPAINT == OPENCV_INPAINT  # every OpenCV fill is a residual base
+    conditioning = get_task("restoration").conditioning("x0", method)
+    torch.testing.assert_close(from_diffused(to_diffused(target, conditioning.base(sources)), base), target)
+    torch.testing.assert_close(conditioning.base(sources), base)
+    assert set(OPENCV_INPAINT) <= set(get_task("restoration").residual_bases())  # every OpenCV fill is a residual base
 
 
 @pytest.mark.parametrize("method", ["telea", "navier_stokes"])
 def test_network_condition_is_the_inpainting_fill_in_training_validation_and_the_pipeline(method):
     """With an inpainting residual the network sees the holes filled by that base (not grey), everywhere."""
-    from fusiondiff.data.degradations import inpaint_fill, restoration_source
+    from fusiondiff.data.degradations import restoration_source
     from fusiondiff.diffusion import make_schedule
-    from fusiondiff.diffusion.parameterization import network_condition
-    from fusiondiff.inference import FusionPipeline
     from fusiondiff.models import ConditionalUNet
+    from fusiondiff.pipeline import FusionPipeline
+    from fusiondiff.tasks import get_task
+    from fusiondiff.tasks.restoration import inpaint_fill
     from fusiondiff.training import DiffusionFusionModule
 
     clean = torch.from_numpy(synthetic_triplet(2, 32, 32)[2]).permute(2, 0, 1).float() / 127.5 - 1
@@ -271,11 +272,12 @@ def test_network_condition_is_the_inpainting_fill_in_training_validation_and_the
     mask[:, 4:20, 6:14] = 1
     sources = restoration_source(clean * (1 - mask), mask)[None]  # [1, 1, 4, H, W]
     base = inpaint_fill(sources, method)
-    cond = network_condition(sources, method)
+    task = get_task("restoration")
+    _, cond = task.conditioning("x0", method).prepare(sources)
     assert cond.shape == sources.shape
     torch.testing.assert_close(cond[:, 0, :3], base)
     assert torch.equal(cond[:, 0, 3:], sources[:, 0, 3:])  # the mask channel is kept
-    assert network_condition(sources, "mean") is sources  # other residuals: unchanged
+    assert task.conditioning("x0", "mean").prepare(sources)[1] is sources  # other residuals: unchanged
 
     seen = []
 
@@ -287,10 +289,12 @@ def test_network_condition_is_the_inpainting_fill_in_training_validation_and_the
     torch.manual_seed(0)
     net = Spy(image_channels=3, num_sources=1, source_channels=4, base_channels=8, channel_mult=[1, 2], num_res_blocks=1)
     module = DiffusionFusionModule(net, make_schedule("cosine", 50), lambda p: torch.optim.AdamW(p, 1e-3), ema_decay=0,
-                                   prediction="x0", residual=method, val_steps=1)  # fmt: skip
+                                   prediction="x0", residual=method, sampler={"steps": 1}, task="restoration")  # fmt: skip
     module.diffusion_loss({"sources": sources, "target": clean[None]})
     module.sample(sources)
-    FusionPipeline(net, module.schedule, {"prediction": "x0", "residual": method})(sources, steps=1)
+    FusionPipeline(net, module.schedule, {"prediction": "x0", "residual": method}, task.conditioning("x0", method))(
+        sources, steps=1
+    )
     assert len(seen) == 3
     for c in seen:
         torch.testing.assert_close(c, cond)
@@ -302,29 +306,24 @@ def test_network_condition_is_the_inpainting_fill_in_training_validation_and_the
     ),
     reason="LPIPS weights not prepared: run python scripts/prepare_lpips_weights.py",
 )
-def test_evaluate_restoration_script_baselines_and_paired_differences(tmp_path, monkeypatch):
+def test_evaluate_restoration_baselines_and_paired_differences(tmp_path):
     import json
-    import runpy
-    import sys
-    from pathlib import Path
+
+    from fusiondiff.cli.evaluate import evaluate
 
     cfg = compose_config("train", ["experiment=restoration_quickstart", *RESTORATION_TINY, "trainer.max_steps=1",
-                                  "task.module.val_steps=1", "data.train.degrader.kinds=[noise]"], tmp_path)  # fmt: skip
+                                  "sampler.steps=1", "data.train.degrader.kinds=[noise]"], tmp_path)  # fmt: skip
     bundle = train(cfg)[1]["bundle"]
-    script = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_restoration.py"
-    out = tmp_path / "noise.json"
-    argv = [str(script), "--models", str(bundle), "--kind", "noise", "--num", "6", "--size", "32", "--steps", "1",
-            "--out", str(out)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(script), run_name="__main__")
-    result = json.loads(out.read_text())
-    means = result["means"]
-    assert set(means) == {"identity", "nl_means", f"{bundle.parent.name} (1 step)"}
-    assert means["nl_means"]["PSNR"] > means["identity"]["PSNR"]  # the classical denoiser does denoise
-    paired = result["paired"][f"{bundle.parent.name} (1 step)"]
-    assert paired["PSNR"]["vs"] == "nl_means" and paired["LPIPS"]["vs"] in ("identity", "nl_means")
-    assert all(v["ci95"] >= 0 for v in paired.values())
-    # users' own test pairs of different sizes (--folder), inpainting against OpenCV, with the figure
+    model = f"{bundle.parent.name} (ddim, 1 step)"
+    out = tmp_path / "noise"
+    summary = evaluate(compose_config("evaluate", ["task=restoration", "kind=noise", "num=6", "size=32", f"output_dir={out}",
+                                                   f"methods=[identity,nl_means,model:{bundle}]"]))  # fmt: skip
+    assert set(summary) == {"identity", "nl_means", model}
+    assert summary["nl_means"]["psnr"]["mean"] > summary["identity"]["psnr"]["mean"]  # the classical denoiser does denoise
+    paired = json.loads((out / "summary.json").read_text())["paired"][model]
+    assert paired["psnr"]["vs"] == "nl_means" and paired["lpips"]["vs"] in ("identity", "nl_means")
+    assert all(v["ci95"] >= 0 and v["n"] == 6 for v in paired.values())
+    # users' own test pairs of different sizes (suite=folder), inpainting against OpenCV, with the figure
     root = tmp_path / "pairs"
     for sub in ("degraded", "clean", "mask"):
         (root / sub).mkdir(parents=True)
@@ -335,16 +334,16 @@ def test_evaluate_restoration_script_baselines_and_paired_differences(tmp_path, 
         save_png(root / "clean" / f"{name}.png", img), save_png(root / "degraded" / f"{name}.png", img)
         save_png(root / "mask" / f"{name}.png", hole)
     figure = tmp_path / "fig.png"
-    monkeypatch.setattr(sys, "argv", [str(script), "--models", str(bundle), "--folder", str(root), "--steps", "1",
-                                      "--out", str(out), "--figure", str(figure)])  # fmt: skip
-    runpy.run_path(str(script), run_name="__main__")
-    result = json.loads(out.read_text())
-    assert result["num"] == 2 and set(result["means"]) >= {"identity", "telea", "navier_stokes"}
-    assert result["paired"][f"{bundle.parent.name} (1 step)"]["LPIPS"]["vs"] in ("telea", "navier_stokes")
+    folder = ["task=restoration", "suite=folder", f"dataset={root}", f"output_dir={tmp_path / 'folder'}", f"figure={figure}",
+              f"methods=[identity,telea,navier_stokes,model:{bundle}]"]  # fmt: skip
+    summary = evaluate(compose_config("evaluate", folder))
+    assert summary["telea"]["n"] == 2 and set(summary) >= {"identity", "telea", "navier_stokes"}
+    report = json.loads((tmp_path / "folder" / "summary.json").read_text())
+    assert report["paired"][model]["lpips"]["vs"] in ("telea", "navier_stokes")
     assert read_image(figure).shape[-2:] == (3 * (32 + 36), 3 * 5 * 40)  # rows padded to the widest
     (root / "mask" / "a.png").unlink(), (root / "mask" / "b (2).png").unlink()
-    with pytest.raises(SystemExit, match="needs a hole in every image"):
-        runpy.run_path(str(script), run_name="__main__")
+    with pytest.raises(ValueError, match="needs a hole in every image"):
+        evaluate(compose_config("evaluate", [*folder, "resume=false"]))
 
 
 @pytest.mark.parametrize("experiment", ["restoration_quickstart", "unconditional_quickstart"])

@@ -133,11 +133,11 @@ def test_bad_arguments():
 
 def test_one_step_x0_model_returns_the_network_output_without_float32_amplification(tmp_path):
     """At ᾱ_{T-1} = 6e-10 the ε round trip amplifies float32 rounding ~4e4 times; the chain runs in float64."""
-    from fusiondiff.inference import FusionPipeline
+    from fusiondiff.tasks import load_pipeline
 
     from helpers import write_tiny_bundle
 
-    pipe = FusionPipeline.from_file(write_tiny_bundle(tmp_path / "x0.safetensors", num_timesteps=2000, prediction="x0",
+    pipe = load_pipeline(write_tiny_bundle(tmp_path / "x0.safetensors", num_timesteps=2000, prediction="x0",
                                                       init_std=0.02))  # fmt: skip
     sources = torch.rand(1, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     x_T = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -167,14 +167,15 @@ def test_blend_experiment_outputs_convex_combinations_of_the_sources(tmp_path, f
     layer) gives the decision map softened by its logit prior, and any sample is a per-pixel convex combination."""
     import math
 
-    from fusiondiff.diffusion.parameterization import BLEND_PRIOR_LOGIT
-    from fusiondiff.fusion.classical import decision_map, decision_weights
+    from fusiondiff.focus import decision_weights
+    from fusiondiff.tasks.multifocus import BLEND_PRIOR_LOGIT, decision_map
 
     overrides = ["experiment=multifocus_blend", "debug=fdr", *TINY, f"data.train.parts.0.root={fusiondiff_folder}",
                  "data.train.parts.0.crop_size=16", "data.train.parts.1.crop_size=16", "data.train.parts.1.num_samples=4",
                  "data.val.crop_size=32", "data.val.num_samples=2"]  # fmt: skip
     cfg = compose_config("train", overrides, tmp_path)
-    module = instantiate(cfg.task.module, _partial_=True)(net=instantiate(cfg.model), schedule=instantiate(cfg.diffusion))
+    module = instantiate(cfg.task.module, _partial_=True)(net=instantiate(cfg.model), schedule=instantiate(cfg.diffusion),
+                                                          task="multifocus")  # fmt: skip
     sources = torch.rand(2, 2, 3, 32, 32) * 2 - 1
     picked = decision_weights(sources)
     p = 1 / (1 + math.exp(-BLEND_PRIOR_LOGIT))  # the picked source's weight for two sources

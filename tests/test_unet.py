@@ -49,7 +49,7 @@ def test_clear_errors():
 
 
 def test_decision_map_unet_sees_the_focus_features():
-    from fusiondiff.fusion.classical import decision_weights, focus_features
+    from fusiondiff.focus import decision_weights, focus_features
     from fusiondiff.models import DecisionMapUNet
 
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ import torch
 from fusiondiff.cli.infer import infer
 from fusiondiff.data import read_image
 from fusiondiff.diffusion import EpsDenoiser, inversion_timesteps, invert, make_schedule
-from fusiondiff.fusion.noise_space import fuse_step
 from fusiondiff.models import ConditionalUNet
+from fusiondiff.zero_shot.rules import fuse_step
 
 from conftest import save_png, synthetic_triplet
 from helpers import compose_config, write_tiny_bundle

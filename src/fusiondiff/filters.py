@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import kornia
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +18,21 @@ def gaussian_kernel(sigma: float, radius: int | None = None) -> torch.Tensor:
     k = torch.exp(-(x**2) / (2 * sigma**2))
     k2 = k[:, None] * k[None, :]
     return k2 / k2.sum()
+
+
+def gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``size`` taps (float64); the SSIM window is its outer product."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def separable_correlate(x: torch.Tensor, k1d: torch.Tensor, padding: int | None = None) -> torch.Tensor:
+    """Correlate [N, C, H, W] with the outer product k1d ⊗ k1d, zero padding (default 'same'; 0 gives 'valid')."""
+    k = k1d.to(dtype=x.dtype, device=x.device)
+    c, r = x.shape[1], k.numel() // 2 if padding is None else padding
+    x = F.conv2d(x, k.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+    return F.conv2d(x, k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
 
 
 def disk_kernel(radius: float) -> torch.Tensor:
@@ -41,6 +55,8 @@ def motion_kernel(length: float, angle: float) -> torch.Tensor:
 
 def blur(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Filter with a 2-D kernel (kornia ``filter2d``), reflected borders (replicated if the image is too small)."""
+    import kornia  # lazily: the inference path does not need it
+
     unbatched = image.dim() == 3
     x = image[None] if unbatched else image
     border = "reflect" if min(x.shape[-2:]) > kernel.shape[-1] // 2 else "replicate"
@@ -85,3 +101,14 @@ def gradient_magnitude(image: torch.Tensor) -> torch.Tensor:
     gray = F.pad(image.mean(1, keepdim=True), (1, 1, 1, 1), mode="replicate")
     kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=image.dtype, device=image.device)[None, None] / 8
     return (F.conv2d(gray, kx) ** 2 + F.conv2d(gray, kx.transpose(-1, -2)) ** 2 + 1e-8).sqrt()
+
+
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """He et al. 2010 guided filter with a gray guide [B, 1, H, W] and any src [B, C, H, W]."""
+    radius = max(0, min(radius, (min(guide.shape[-2:]) - 1) // 2))
+    mean_i, mean_p = box_mean(guide, radius), box_mean(src, radius)
+    cov = box_mean(guide * src, radius) - mean_i * mean_p
+    var = box_mean(guide * guide, radius) - mean_i**2
+    a = cov / (var + eps)
+    b = mean_p - a * mean_i
+    return box_mean(a, radius) * guide + box_mean(b, radius)

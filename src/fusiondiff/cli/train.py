@@ -59,7 +59,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     schedule = instantiate(cfg.diffusion)
     # _partial_ so that plain objects (network, schedule, the bundle dict with its _target_) are
     # passed as they are rather than run through instantiate again.
-    module = instantiate(cfg.task.module, _partial_=True)(net=net, schedule=schedule, bundle_config=bundle_config(cfg))
+    module = instantiate(cfg.task.module, _partial_=True)(
+        net=net, schedule=schedule, sampler=OmegaConf.to_container(cfg.sampler, resolve=True), task=cfg.task.name,
+        bundle_config=bundle_config(cfg),
+    )  # fmt: skip
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     logger = False
     if cfg.get("logger"):
@@ -89,7 +92,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     bundle = None
     if cfg.get("export") and trainer.is_global_zero and not trainer.fast_dev_run:
-        from fusiondiff.inference import export_bundle
+        from fusiondiff.models.bundle import export_bundle
 
         ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         ckpt = ckpt or (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else "")

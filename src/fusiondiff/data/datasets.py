@@ -173,6 +173,18 @@ def skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
     return photos
 
 
+def heldout_pair(size: int = 96) -> torch.Tensor:
+    """Square ``size`` px centre crops of the held-out photos coffee and rocket, [2, 3, size, size] in [-1, 1]
+    (area-downsampled): the inputs of the zero-shot figures and evaluation."""
+    out = []
+    for photo in skimage_photos(["coffee", "rocket"]):
+        h, w = photo.shape[-2:]
+        side = min(h, w)
+        crop = photo[..., (h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+        out.append(F.interpolate(crop[None], (size, size), mode="area")[0])
+    return torch.stack(out)
+
+
 def focus_mask(h: int, w: int, kind: str, gen: torch.Generator) -> torch.Tensor:
     """A smooth mask in [0, 1] of shape [1, H, W]: 1 where source A is in focus."""
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from fusiondiff.data.datasets import PairedAugment, PhotoPatches, _generator, random_crop
 from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, read_image
-from fusiondiff.filters import blur, gaussian_kernel, motion_kernel, noise_sigma, unsharp_mask
+from fusiondiff.filters import blur, gaussian_kernel, motion_kernel
 
 DEGRADATIONS = ("inpaint", "noise", "blur", "sr")
 
@@ -282,59 +282,6 @@ def split_restoration_source(sources: torch.Tensor) -> tuple[torch.Tensor, torch
     if sources.dim() != 5 or sources.shape[1] != 1:
         raise ValueError(f"restoration sources must be [B, 1, C + 1, H, W], got {tuple(sources.shape)}")
     return sources[:, 0, :-1], sources[:, 0, -1:]
-
-
-OPENCV_INPAINT = ("telea", "navier_stokes")
-
-
-def opencv_inpaint(image: torch.Tensor, mask: torch.Tensor, method: str = "telea", radius: int = 3) -> torch.Tensor:
-    """OpenCV inpainting (on 8 bits) of image [C, H, W] in [-1, 1] inside ``mask`` [1, H, W] (1 = hole); the
-    known pixels are returned exactly as given. The classical baselines of restoration (Telea, Navier-Stokes)."""
-    import cv2
-    import numpy as np
-
-    if method not in OPENCV_INPAINT:
-        raise ValueError(f"unknown OpenCV inpainting method {method!r}; valid: {', '.join(OPENCV_INPAINT)}")
-    hole = mask[0] > 0.5
-    if not hole.any():
-        return image.clone()
-    img = ((image.detach().float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
-    filled = cv2.inpaint(np.ascontiguousarray(img), hole.cpu().numpy().astype(np.uint8) * 255, radius, flag)
-    filled = torch.from_numpy(filled.reshape(img.shape)).permute(2, 0, 1).to(image) / 127.5 - 1
-    return torch.where(hole.to(image.device), filled, image)
-
-
-def nl_means_denoise(image: torch.Tensor) -> torch.Tensor:
-    """scikit-image's non-local means on [C, H, W] in [-1, 1] with h = 0.8 sigma, sigma estimated from the
-    image (:func:`~fusiondiff.filters.noise_sigma`): the classical denoising baseline."""
-    from skimage.restoration import denoise_nl_means
-
-    sigma = noise_sigma((image + 1) / 2)
-    img = ((image.detach().double().cpu() + 1) / 2).permute(1, 2, 0).numpy()
-    out = denoise_nl_means(img, h=0.8 * sigma, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True,
-                           channel_axis=-1)  # fmt: skip
-    return torch.from_numpy(out).permute(2, 0, 1).to(image) * 2 - 1
-
-
-def unsharp_restore(image: torch.Tensor) -> torch.Tensor:
-    """Unsharp masking (Gaussian std 2, amount 1) clipped to [-1, 1]: the classical baseline for a blur whose
-    kernel is unknown."""
-    return unsharp_mask(image, 2.0, 1.0).clamp(-1, 1)
-
-
-# classical baselines per degradation, image [C, H, W] -> [C, H, W] (inpainting: opencv_inpaint, which needs
-# the mask; sr: the bicubic input itself)
-CLASSICAL_RESTORATION = {"noise": {"nl_means": nl_means_denoise}, "blur": {"unsharp_mask": unsharp_restore}, "sr": {}}
-
-
-def inpaint_fill(sources: torch.Tensor, method: str = "telea", radius: int = 3) -> torch.Tensor:
-    """Restoration sources [B, 1, C + 1, H, W] -> [B, C, H, W]: the degraded image with its hole filled by
-    :func:`opencv_inpaint` (``telea`` or ``navier_stokes``); images without a hole are returned as they are.
-    The ``residual: telea`` / ``navier_stokes`` base of ``task=restoration``: the model starts at that
-    classical fill and learns the rest."""
-    degraded, mask = split_restoration_source(sources)
-    return torch.stack([opencv_inpaint(d, m, method, radius) for d, m in zip(degraded, mask, strict=True)])
 
 
 def load_degraded(path: str | Path, mask: str | Path | None, channels: int = 3) -> torch.Tensor:

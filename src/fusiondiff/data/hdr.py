@@ -212,59 +212,6 @@ def target_to_hdr(x: torch.Tensor, mu: float = MU) -> torch.Tensor:
     return inverse_mu_law(((x.clamp(-1, 1) + 1) / 2), mu)
 
 
-def reference_estimate(sources: torch.Tensor, mu: float = MU) -> torch.Tensor:
-    """μ-law of the reference (middle) exposure's radiance estimate, in [-1, 1]: [..., N, 6, H, W] -> [..., 3, H, W].
-
-    Ghost-free, but noisy in the dark and clipped in the bright parts (a baseline).
-    """
-    ref = sources[..., sources.shape[-4] // 2, 3:6, :, :]
-    return mu_law(((ref + 1) / 2).clamp(0, 1), mu) * 2 - 1
-
-
-def merge_estimate(sources: torch.Tensor, mu: float = MU) -> torch.Tensor:
-    """μ-law of the exposure-weighted merge (:func:`merge_exposures`) computed from the network inputs alone,
-    in [-1, 1]: [..., N, 6, H, W] -> [..., 3, H, W]. The base of residual diffusion for HDR
-    (``residual: hdr_merge``): good wherever nothing moves; the network learns the deghosting correction.
-    """
-    ldrs = ((sources[..., :3, :, :] + 1) / 2).clamp(0, 1)
-    estimates = ((sources[..., 3:6, :, :] + 1) / 2).clamp(0, 1)
-    return mu_law(merge_exposures(ldrs, estimates, dim=-4).clamp(0, 1), mu) * 2 - 1
-
-
-# ----------------------------------------------------------------------------- baselines
-def hat_weight(ldr: torch.Tensor) -> torch.Tensor:
-    """Debevec & Malik's hat weight 1 - |2z - 1| (0 at black and at saturation)."""
-    return 1 - (2 * ldr - 1).abs()
-
-
-def merge_exposures(ldrs: torch.Tensor, estimates: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Σ w(z_i) E_i / Σ w(z_i) over exposures (axis ``dim``) with the hat weight; where every exposure is
-    saturated or black (zero total weight), the largest estimate (the shortest exposure's lower bound)."""
-    w = hat_weight(ldrs)
-    total = w.sum(dim)
-    merged = (w * estimates).sum(dim) / total.clamp_min(1e-8)
-    return torch.where(total > 1e-8, merged, estimates.amax(dim))
-
-
-def linear_merge(ldrs: torch.Tensor, times: torch.Tensor, gamma: float = GAMMA) -> torch.Tensor:
-    """Debevec-style merge [3, H, W] of LDRs [N, 3, H, W] with the known response z = (E t)^(1/γ),
-    E_i = z_i^γ / t_i (see :func:`merge_exposures`). No alignment: moving objects leave ghosts."""
-    t = times.to(ldrs.dtype).reshape(-1, 1, 1, 1)
-    ldrs = ldrs.clamp(0, 1)
-    return merge_exposures(ldrs, ldrs**gamma / t)
-
-
-def mertens_fusion(ldrs: torch.Tensor) -> torch.Tensor:
-    """Mertens et al. exposure fusion (OpenCV): a display-referred [3, H, W] in [0, 1], not a radiance map."""
-    import cv2
-
-    # OpenCV expects 0..255 also for float32 input (0..1 gives a near-black result)
-    images = [np.ascontiguousarray(x.permute(1, 2, 0).numpy()[..., ::-1].astype(np.float32) * 255) for x in ldrs]
-    fused = cv2.createMergeMertens().process(images)
-    return torch.from_numpy(np.ascontiguousarray(fused[..., ::-1])).permute(2, 0, 1).clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------- synthetic scenes
 def _smooth_field(h: int, w: int, scale: int, gen: torch.Generator) -> torch.Tensor:
     coarse = torch.randn(1, 1, max(2, h // scale), max(2, w // scale), generator=gen)
     field = F.interpolate(coarse, (h, w), mode="bicubic", align_corners=False)[0, 0]

@@ -137,3 +137,22 @@ def _check_channels_arg(channels: int | None, allow_none: bool = True) -> None:
     valid = (1, 3, None) if allow_none else (1, 3)
     if channels not in valid:
         raise ValueError(f"channels must be one of {valid}, got {channels!r}")
+
+
+class OutputIsSourceError(ValueError):
+    """An output path that names one of the inputs: writing it would destroy a source."""
+
+
+def check_not_a_source(outputs: list[Path], inputs: list[Path | str | None]) -> None:
+    """Refuse (before any compute) an output that is one of the inputs: a source is never overwritten, whatever
+    ``overwrite`` says. Compares resolved paths, and the files themselves where both exist (links, case)."""
+    sources = [Path(p) for p in inputs if p]
+    for out in outputs:
+        for src in sources:
+            same = out.resolve() == src.resolve()
+            if not same and out.exists() and src.exists():
+                same = out.samefile(src)
+            if same:
+                raise OutputIsSourceError(
+                    f"output {out} is the input {src}: writing it would overwrite a source; choose another output="
+                )

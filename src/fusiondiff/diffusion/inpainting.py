@@ -24,14 +24,13 @@ from typing import Any
 
 import torch
 
-from fusiondiff.diffusion.inversion import Inversion, _prev_alpha_bars, regenerate
-from fusiondiff.diffusion.samplers import Denoiser, _check_timesteps, _denoise, ddim_mean_sigma
+from fusiondiff.diffusion.inversion import Inversion, prev_alpha_bars, regenerate
+from fusiondiff.diffusion.samplers import Denoiser, check_timesteps, ddim_mean_sigma, denoise, seeded_noise
 from fusiondiff.diffusion.schedules import NoiseSchedule
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    return seeded_noise(like.shape, generator, like.device, like.dtype)
 
 
 def _check(x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,12 +58,12 @@ def repaint(
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """RePaint: fill the hole (``mask`` = 1) of images x0 [B, C, H, W] with the prior; see the module docstring."""
-    ts = _check_timesteps(schedule, timesteps)
+    ts = check_timesteps(schedule, timesteps)
     if jump_length < 1 or resample < 1:
         raise ValueError(f"jump_length and resample must be >= 1, got {jump_length} and {resample}")
     m = _check(x0, mask)
     k = len(ts)
-    abars = [schedule.alpha_bar(t).item() for t in ts] + [_prev_alpha_bars(schedule, ts)[-1]]
+    abars = [schedule.alpha_bar(t).item() for t in ts] + [prev_alpha_bars(schedule, ts)[-1]]
 
     def known(level: int) -> torch.Tensor:
         return abars[level] ** 0.5 * x0 + (1 - abars[level]) ** 0.5 * _randn(x0, generator)
@@ -73,7 +72,7 @@ def repaint(
     jumps_left = {level: resample - 1 for level in range(jump_length, k, jump_length)}
     level = 0
     while level < k:
-        eps, x0_hat = _denoise(denoiser, schedule, x, ts[level], cond, clip_x0)
+        eps, x0_hat = denoise(denoiser, schedule, x, ts[level], cond, clip_x0)
         mean, sigma = ddim_mean_sigma(x0_hat, eps, abars[level], abars[level + 1], eta)
         x = m * (mean + sigma * _randn(x0, generator)) + (1 - m) * known(level + 1)
         level += 1

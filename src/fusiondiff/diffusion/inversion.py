@@ -23,10 +23,11 @@ import torch
 from fusiondiff.diffusion.samplers import (
     Denoiser,
     StepCallback,
-    _check_timesteps,
-    _denoise,
+    check_timesteps,
     ddim_mean_sigma,
+    denoise,
     respace_timesteps,
+    seeded_noise,
 )
 from fusiondiff.diffusion.schedules import NoiseSchedule
 
@@ -59,7 +60,7 @@ def inversion_timesteps(num_timesteps: int, steps: int, spacing: str = "uniform"
     return respace_timesteps(num_timesteps, steps + 1, spacing)[:-1]
 
 
-def _prev_alpha_bars(schedule: NoiseSchedule, ts: list[int]) -> list[float]:
+def prev_alpha_bars(schedule: NoiseSchedule, ts: list[int]) -> list[float]:
     return [schedule.alpha_bar(t).item() for t in ts[1:]] + [schedule.alpha_bar(0).item()]
 
 
@@ -79,23 +80,22 @@ def invert(
 
     ``noise`` [K, B, C, H, W] gives the ε of each x_t ~ q(x_t | x0) explicitly (else drawn from ``generator``).
     """
-    ts = _check_timesteps(schedule, timesteps)
+    ts = check_timesteps(schedule, timesteps)
     if ts[-1] < 1:
         raise ValueError("the last inversion timestep must be >= 1 (use inversion_timesteps)")
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for an invertible chain (σ = 0 leaves z undefined), got {eta}")
     if noise is None:
-        device = generator.device if generator is not None else x0.device
-        noise = torch.randn((len(ts), *x0.shape), generator=generator, device=device, dtype=x0.dtype).to(x0.device)
+        noise = seeded_noise((len(ts), *x0.shape), generator, x0.device, x0.dtype)
     if noise.shape != (len(ts), *x0.shape):
         raise ValueError(f"noise must be [{len(ts)}, {', '.join(map(str, x0.shape))}], got {tuple(noise.shape)}")
     batch_t = [torch.full((x0.shape[0],), t, dtype=torch.long) for t in ts]
     xs = torch.stack([schedule.q_sample(x0, bt, noise[i].to(x0.dtype)) for i, bt in enumerate(batch_t)])
 
     zs = torch.empty_like(xs)
-    prevs = _prev_alpha_bars(schedule, ts)
+    prevs = prev_alpha_bars(schedule, ts)
     for i, t in enumerate(ts):
-        eps, x0_hat = _denoise(denoiser, schedule, xs[i], t, cond, clip_x0)
+        eps, x0_hat = denoise(denoiser, schedule, xs[i], t, cond, clip_x0)
         mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(t).item(), prevs[i], eta)
         target = xs[i + 1] if i + 1 < len(ts) else x0
         zs[i] = (target - mean) / sigma
@@ -120,15 +120,15 @@ def regenerate(
     ``skip`` starts at step index ``skip`` (the paper's T_skip): the first ``skip`` maps are unused.
     ``callback(i, t, x_t, x0_hat)`` sees every visited step (e.g. to save a strip of intermediates).
     """
-    ts = _check_timesteps(schedule, timesteps)
+    ts = check_timesteps(schedule, timesteps)
     if zs.shape[0] != len(ts):
         raise ValueError(f"{zs.shape[0]} noise maps for {len(ts)} timesteps")
     if not 0 <= skip < len(ts):
         raise ValueError(f"skip must be in 0..{len(ts) - 1}, got {skip}")
-    prevs = _prev_alpha_bars(schedule, ts)
+    prevs = prev_alpha_bars(schedule, ts)
     x = x_start
     for i in range(skip, len(ts)):
-        eps, x0_hat = _denoise(denoiser, schedule, x, ts[i], cond, clip_x0)
+        eps, x0_hat = denoise(denoiser, schedule, x, ts[i], cond, clip_x0)
         if callback is not None:
             callback(i, ts[i], x, x0_hat)
         mean, sigma = ddim_mean_sigma(x0_hat, eps, schedule.alpha_bar(ts[i]).item(), prevs[i], eta)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from fusiondiff.diffusion.schedules import NoiseSchedule
+from fusiondiff.registry import Registry
 
 SPACINGS = ("uniform", "quadratic")
 
@@ -71,15 +72,21 @@ def _initial_noise(
             raise ValueError("give x_T or shape when cond is not a [B, N, C, H, W] tensor")
         b, _, c, h, w = cond.shape
         shape = (b, c, h, w)
-    device = cond.device if isinstance(cond, torch.Tensor) else "cpu"
+    device = cond.device if isinstance(cond, torch.Tensor) else torch.device("cpu")
     dtype = cond.dtype if isinstance(cond, torch.Tensor) else torch.float32
-    if generator is not None:
-        noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype)
-        return noise.to(device)
-    return torch.randn(tuple(shape), device=device, dtype=dtype)
+    return seeded_noise(shape, generator, device, dtype)
 
 
-def _denoise(
+def seeded_noise(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
+) -> torch.Tensor:
+    """N(0, 1) of ``shape``, drawn on the generator's device (so one seed gives the same numbers whatever the
+    target) and moved to ``device``: the one helper for every seeded draw of the samplers, inversion and inpainting."""
+    draw_on = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=draw_on, dtype=dtype).to(device)
+
+
+def denoise(
     denoiser: Denoiser,
     schedule: NoiseSchedule,
     x: torch.Tensor,
@@ -97,7 +104,7 @@ def _denoise(
     return eps, x0
 
 
-def _check_timesteps(schedule: NoiseSchedule, timesteps: Sequence[int] | torch.Tensor) -> list[int]:
+def check_timesteps(schedule: NoiseSchedule, timesteps: Sequence[int] | torch.Tensor) -> list[int]:
     ts = [int(t) for t in torch.as_tensor(timesteps).flatten().tolist()]
     if not ts:
         raise ValueError("timesteps is empty")
@@ -130,14 +137,14 @@ def _sample_loop(
     x̂0 = (x_t − sqrt(1−ᾱ) ε̂) / sqrt(ᾱ) amplifies float32 rounding of x_t and ε̂ ~4e4 times, to ~1e-2
     (about one 8-bit grey level) for x0-, v- and blend models at 1 step. The result has x_T's dtype.
     """
-    ts = _check_timesteps(schedule, timesteps)
+    ts = check_timesteps(schedule, timesteps)
     x = _initial_noise(x_T, shape, cond, generator)
     out_dtype = x.dtype
     if x.device.type != "mps":  # no float64 on Apple GPUs
         x = x.double()
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        eps, x0 = _denoise(denoiser, schedule, x, t, cond, clip_x0)
+        eps, x0 = denoise(denoiser, schedule, x, t, cond, clip_x0)
         x = update(x, eps, x0, schedule.alpha_bar(t).item(), schedule.alpha_bar(t_prev).item())
         if callback is not None:
             callback(i, t, x, x0)
@@ -176,8 +183,7 @@ def ddim_sample(
     def update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, ab: float, ab_prev: float) -> torch.Tensor:
         x_next, sigma = ddim_mean_sigma(x0, eps, ab, ab_prev, eta)
         if sigma > 0:
-            device = generator.device if generator is not None else x.device
-            x_next = x_next + sigma * torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+            x_next = x_next + sigma * seeded_noise(x.shape, generator, x.device, x.dtype)
         return x_next
 
     return _sample_loop(update, denoiser, schedule, cond, timesteps, x_T, shape, generator, clip_x0, callback)
@@ -210,15 +216,9 @@ def fusiondiff_sample(
     return _sample_loop(update, denoiser, schedule, cond, timesteps, x_T, shape, generator, clip_x0, callback)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddim": ddim_sample,
-    "fusiondiff": fusiondiff_sample,
-}
+SAMPLERS = Registry("sampler", {"ddim": ddim_sample, "fusiondiff": fusiondiff_sample})
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     """Look a sampler up by name; unknown names list the valid ones."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}") from None
+    return SAMPLERS[name]

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-SCHEDULES = ("cosine", "linear")
+from fusiondiff.registry import Registry
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -83,10 +83,10 @@ class NoiseSchedule:
 
 def make_schedule(name: str = "cosine", num_timesteps: int = 2000, **kwargs: float) -> NoiseSchedule:
     """Build a schedule by name (``cosine`` or ``linear``); extra kwargs go to the beta function."""
+    betas = SCHEDULES[name]
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    if name == "cosine":
-        return NoiseSchedule(cosine_betas(num_timesteps, **kwargs))
-    if name == "linear":
-        return NoiseSchedule(linear_betas(num_timesteps, **kwargs))
-    raise ValueError(f"unknown noise schedule {name!r}; valid: {', '.join(SCHEDULES)}")
+    return NoiseSchedule(betas(num_timesteps, **kwargs))
+
+
+SCHEDULES = Registry("noise schedule", {"cosine": cosine_betas, "linear": linear_betas})

@@ -23,6 +23,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fusiondiff.filters import gaussian_1d, separable_correlate
+from fusiondiff.metrics.reference import ssim
+
 Tensor = torch.Tensor
 
 # ----------------------------------------------------------------------------- plumbing
@@ -86,12 +89,11 @@ def _correlate(x: Tensor, kernel: list[list[float]] | Tensor, padding: str = "ze
     return F.conv2d(x, k[None, None], padding=r)
 
 
-def separable_correlate(x: Tensor, k1d: Tensor, padding: int | None = None) -> Tensor:
-    """Correlate [N, C, H, W] with the outer product k1d ⊗ k1d, zero padding (default 'same'; 0 gives 'valid')."""
-    k = k1d.to(dtype=x.dtype, device=x.device)
-    c, r = x.shape[1], k.numel() // 2 if padding is None else padding
-    x = F.conv2d(x, k.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
-    return F.conv2d(x, k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+def to_255(x: Tensor, quantise: bool = True) -> Tensor:
+    """[-1, 1] images -> the 0..255 range of these metrics (float64); ``quantise`` rounds to the 8-bit levels a
+    PNG would store (the convention of the evaluation: fused images are scored as if saved)."""
+    y = (x.clamp(-1, 1) + 1) * 127.5
+    return (y.round() if quantise else y).double()
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -239,8 +241,6 @@ def qcv(a: Tensor, b: Tensor, f: Tensor) -> Tensor:
 
 def ssim_fusion(a: Tensor, b: Tensor, f: Tensor) -> Tensor:
     """SSIM(A, F) + SSIM(B, F) (VIFB's "SSIM" score, max 2); 11x11 Gaussian window, sigma 1.5, 'valid'."""
-    from fusiondiff.metrics.reference import ssim
-
     a, b, f, unbatched = _prepare(a, b, f)
     return _finish(ssim(f, a, data_range=255.0) + ssim(f, b, data_range=255.0), unbatched)
 
@@ -428,8 +428,6 @@ def qcb_liu(a: Tensor, b: Tensor, f: Tensor) -> Tensor:
 
 
 def _ssim_maps_7(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    from fusiondiff.metrics.reference import gaussian_1d
-
     g = gaussian_1d(7, 1.5).to(x.device)
 
     def win(z: Tensor) -> Tensor:

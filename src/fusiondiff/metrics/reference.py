@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from fusiondiff.filters import gaussian_1d, separable_correlate
+
 
 def _pair(fused: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
     if fused.shape != target.shape:
@@ -32,13 +34,6 @@ def psnr(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
     return out[0] if unbatched else out
 
 
-def gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Normalised 1-D Gaussian; the 2-D SSIM window is its outer product."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
 def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
     """SSIM (Wang et al. 2004) with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03.
 
@@ -51,8 +46,6 @@ def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
     b, c, h, w = x.shape
     if h < 11 or w < 11:
         raise ValueError(f"SSIM needs images of at least 11x11 px, got {h}x{w}")
-    from fusiondiff.metrics.fusion import separable_correlate
-
     g = gaussian_1d().to(x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
 

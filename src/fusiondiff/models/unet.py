@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusiondiff.focus import focus_features
+
 
 def _groups(channels: int) -> int:
     """Largest group count <= 32 that divides ``channels`` (GroupNorm needs a divisor)."""
@@ -227,7 +229,7 @@ class ConditionalUNet(nn.Module):
 
 class DecisionMapUNet(ConditionalUNet):
     """A :class:`ConditionalUNet` that also sees, per source, the classical decision map's choice and the
-    SML focus share (:func:`fusiondiff.fusion.classical.focus_features`), computed from the sources inside
+    SML focus share (:func:`fusiondiff.focus.focus_features`), computed from the sources inside
     ``forward``: two extra input channels per source, nothing to change in data or samplers. Meant for
     ``prediction=blend``: turning the decision map into confident weights is then a near-linear function
     of an input, and the network spends its capacity on where the decision map is wrong.
@@ -243,8 +245,6 @@ class DecisionMapUNet(ConditionalUNet):
         super().__init__(image_channels, num_sources, source_channels=image_channels + self.EXTRA_CHANNELS, **kwargs)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        from fusiondiff.fusion.classical import focus_features
-
         if cond is None:
             raise ValueError(f"this network needs {self.num_sources} source images as cond")
         if cond.dim() == 4:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, training_target
-from fusiondiff.diffusion.parameterization import (
-    base_and_condition,
-    blend_sources,
-    check_prediction,
-    check_residual,
-    eps_from_output,
-    from_diffused,
-    split_residual,
-    to_diffused,
-)
+from fusiondiff.diffusion import NoiseSchedule, training_target
+from fusiondiff.diffusion.parameterization import check_prediction, eps_from_output, from_diffused, to_diffused
 from fusiondiff.filters import gradient_magnitude
 from fusiondiff.metrics import psnr, ssim
+from fusiondiff.pipeline import DEFAULT_STEPS, FusionPipeline, SamplerConfig, Tiling
+from fusiondiff.tasks import model_conditioning
 
 
 class EMAUpdate:
@@ -51,11 +45,14 @@ class DiffusionFusionModule(L.LightningModule):
         lr_scheduler: optional ``optimizer -> LRScheduler`` (``_partial_``), stepped every step.
         ema_decay: decay of the exponential moving average of the weights (0 disables EMA);
             the EMA weights are used for validation and export.
-        val_sampler, val_steps: sampler name and step count for validation samples (seeded).
+        sampler: the ``sampler`` config group (name, steps, spacing, clip_x0, options) used for the seeded
+            validation samples, through the same :class:`~fusiondiff.pipeline.FusionPipeline` as inference.
+        task: the task whose conditioning the model uses (residual bases, network condition, logit priors);
+            None: the task that knows ``residual``.
         prediction: what the network predicts: ``eps`` (FusionDiff), ``x0``, ``v``, or ``blend`` (one
             weight map per source; x̂0 is their softmax-weighted sum, see ``blend_sources``).
-        residual: diffuse ``target - base(sources)`` instead of the target: ``mean`` (or true) or
-            ``hdr_reference`` (see ``to_diffused``).
+        residual: diffuse ``target - base(sources)`` instead of the target: ``mean`` (or true) or a base of
+            the task (e.g. ``decision_map``, ``hdr_merge``, ``navier_stokes``; for ``blend`` a logit prior).
         image_loss_weight: weight λ of an L1 loss on the x̂0 implied by the network output (in the
             target's domain, e.g. μ-law tonemapped HDR), added to the MSE (the HDR image-space loss).
         gradient_loss_weight: weight of an L1 loss between the gradient magnitude of the x̂0 image and the
@@ -63,7 +60,7 @@ class DiffusionFusionModule(L.LightningModule):
             channels of each source), the "keep the sharpest source's edges" term of unsupervised
             multi-focus fusion (0, the default: off). Needs sources.
         sampler_timestep_fraction: fraction of training samples whose t is one of the timesteps the
-            validation/default sampler visits (``val_steps`` respaced, e.g. only t = T-1 for 1 step) instead
+            validation/default sampler visits (``sampler.steps`` respaced, e.g. only t = T-1 for 1 step) instead
             of U{0..T-1} (0, the default: plain uniform t). For few-step models: at t = T-1 the input is pure
             noise, and a network that saw it rarely lets that noise leak into its 1-step output.
         adversarial_weight: weight λ_adv of a hinge GAN loss on the x̂0 image (0, the default: off, and
@@ -84,8 +81,8 @@ class DiffusionFusionModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., Any] | None = None,
         ema_decay: float = 0.999,
-        val_sampler: str = "ddim",
-        val_steps: int = 10,
+        sampler: Any = None,
+        task: str | None = None,
         val_seed: int = 0,
         num_preview: int = 4,
         prediction: str = "eps",
@@ -99,8 +96,9 @@ class DiffusionFusionModule(L.LightningModule):
         bundle_config: dict | None = None,
     ) -> None:
         super().__init__()
-        get_sampler(val_sampler)  # fail early on an unknown name
-        self.prediction, self.residual = check_prediction(prediction), check_residual(residual)
+        sampler = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig.from_config(sampler)
+        self.sampler = replace(sampler, steps=sampler.steps or DEFAULT_STEPS).check(schedule.num_timesteps)
+        self.prediction, self.residual = check_prediction(prediction), residual
         if image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")
         self.image_loss_weight = image_loss_weight
@@ -123,9 +121,6 @@ class DiffusionFusionModule(L.LightningModule):
             self.automatic_optimization = False
         elif discriminator is not None:
             raise ValueError("a discriminator was given but adversarial_weight is 0; set adversarial_weight > 0 to use it")
-        if prediction == "blend" and residual not in (False, "decision_map"):
-            raise ValueError(f"prediction=blend takes residual=false or decision_map (a logit prior), got {residual!r}")
-        self.image_residual, self.blend_prior = split_residual(prediction, residual)
         if residual and getattr(net, "num_sources", 1) == 0:
             raise ValueError("residual diffusion needs source images; an unconditional model (num_sources=0) cannot use it")
         self.net = net
@@ -134,11 +129,12 @@ class DiffusionFusionModule(L.LightningModule):
         self.ema = AveragedModel(net, multi_avg_fn=EMAUpdate(ema_decay)) if ema_decay > 0 else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
-        self.val_sampler, self.val_steps, self.val_seed = val_sampler, val_steps, val_seed
+        self.conditioning = model_conditioning(prediction, residual, task)
+        self.val_seed = val_seed
         self.num_preview = num_preview
         self.bundle_config = {**(bundle_config or {}), "prediction": prediction, "residual": residual}
         if self.sampler_timestep_fraction == 1:  # trained at no other t: the pipeline warns on other step counts
-            self.bundle_config["trained_steps"] = val_steps
+            self.bundle_config["trained_steps"] = self.sampler.steps
 
     # ------------------------------------------------------------------ training
     @property
@@ -148,10 +144,10 @@ class DiffusionFusionModule(L.LightningModule):
 
     def training_timesteps(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """t for n training samples: U{0..T-1}, a ``sampler_timestep_fraction`` of them replaced by one of the
-        timesteps the ``val_steps`` sampler visits."""
+        timesteps the validation sampler visits."""
         t = torch.randint(0, self.schedule.num_timesteps, (n,), device=device)
         if self.sampler_timestep_fraction > 0:
-            visited = respace_timesteps(self.schedule.num_timesteps, self.val_steps).to(device)
+            visited = self.sampler.timesteps(self.schedule.num_timesteps).to(device)
             pick = visited[torch.randint(0, len(visited), (n,), device=device)]
             t = torch.where(torch.rand(n, device=device) < self.sampler_timestep_fraction, pick, t)
         return t
@@ -159,14 +155,14 @@ class DiffusionFusionModule(L.LightningModule):
     def diffusion_loss(self, batch: dict, return_x0: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The training loss of a batch (and, with ``return_x0``, the x̂0 *image* it implies, for the critic)."""
         sources = batch["sources"]
-        base, cond = base_and_condition(sources, self.image_residual)
-        target = to_diffused(batch["target"], sources, self.image_residual, base)
+        base, cond = self.conditioning.prepare(sources)
+        target = to_diffused(batch["target"], base)
         t = self.training_timesteps(target.shape[0], target.device)
         noise = torch.randn_like(target)
         x_t = self.schedule.q_sample(target, t, noise)
         out = self.net(x_t, t, cond)
         if self.prediction == "blend":
-            out = blend_sources(out, sources, self.blend_prior)
+            out = self.conditioning.blend(out, sources)
         loss = F.mse_loss(out, training_target(self.schedule, self.prediction, target, noise, t))
         x0_hat = None
         if self.image_loss_weight > 0 or self.gradient_loss_weight > 0 or return_x0:
@@ -178,7 +174,7 @@ class DiffusionFusionModule(L.LightningModule):
         if self.image_loss_weight > 0:
             loss = loss + self.image_loss_weight * F.l1_loss(x0_hat, target)
         if return_x0 or self.gradient_loss_weight > 0:
-            image = from_diffused(x0_hat, sources, self.image_residual, base)
+            image = from_diffused(x0_hat, base)
         if self.gradient_loss_weight > 0:
             c = image.shape[1]
             sharpest = torch.stack([gradient_magnitude(sources[:, i, :c]) for i in range(sources.shape[1])]).amax(0)
@@ -238,17 +234,11 @@ class DiffusionFusionModule(L.LightningModule):
 
     # ---------------------------------------------------------------- validation
     def sample(self, sources: torch.Tensor, steps: int | None = None, seed: int | None = None) -> torch.Tensor:
-        """Fuse a batch of sources [B, N, C, H, W] with the validation sampler and the EMA weights."""
-        gen = torch.Generator(device=sources.device).manual_seed(self.val_seed if seed is None else seed)
-        ts = respace_timesteps(self.schedule.num_timesteps, steps or self.val_steps)
-        sampler = get_sampler(self.val_sampler)
-        denoiser = EpsDenoiser(self.inference_net, self.schedule, self.prediction, self.blend_prior)
-        b, _, _, h, w = sources.shape
-        shape = (b, getattr(self.net, "image_channels", sources.shape[2]), h, w)  # sources may have more channels (HDR)
-        base, cond = base_and_condition(sources, self.image_residual)
-        return from_diffused(
-            sampler(denoiser, self.schedule, cond, ts, shape=shape, generator=gen), sources, self.image_residual, base
-        )
+        """Fuse a batch of sources [B, N, C, H, W] with the validation sampler and the EMA weights, through the
+        same pipeline as inference (no tiling)."""
+        sampler = self.sampler if steps is None else replace(self.sampler, steps=steps)
+        pipe = FusionPipeline(self.inference_net, self.schedule, self.bundle_config, self.conditioning)
+        return pipe(sources, sampler, seed=self.val_seed if seed is None else seed, tiling=Tiling(tile_size=None))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         sources = batch["sources"]

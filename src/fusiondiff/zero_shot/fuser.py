@@ -1,4 +1,4 @@
-"""Zero-shot fusion in the edit-friendly DDPM noise space of any :class:`~fusiondiff.priors.Prior`.
+"""Zero-shot fusion in the edit-friendly DDPM noise space of any :class:`~fusiondiff.zero_shot.priors.Prior`.
 
     fuser = NoiseSpaceFusion(load_prior("runs/uncond/model.safetensors"))
     inv = fuser.invert(images)                      # N images, one batched network call per step
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion.inpainting import edit_friendly_inpaint, repaint
 from fusiondiff.diffusion.inversion import Inversion, inversion_timesteps, invert, regenerate
-from fusiondiff.fusion.noise_space import MODES, fuse_inversions
-from fusiondiff.priors import Prior
+from fusiondiff.registry import Registry
+from fusiondiff.zero_shot.priors import Prior
+from fusiondiff.zero_shot.rules import RULES, fuse_inversions
 
 
 @dataclass
@@ -91,8 +92,7 @@ class NoiseSpaceFusion:
         strip_frames: int = 0,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The fusion of the N inverted images [C, H, W], and ``strip_frames`` x̂0 estimates along the way."""
-        if mode not in MODES:
-            raise ValueError(f"unknown fusion mode {mode!r}; valid: {', '.join(MODES)}")
+        RULES[mode]  # an unknown mode lists the valid ones
         n, k = inv.xs.shape[1], len(inv.timesteps)
         if not 0 <= skip < k:
             raise ValueError(f"skip must be in 0..{k - 1} for {k} steps, got {skip}")
@@ -134,8 +134,7 @@ class NoiseSpaceFusion:
         """
         from fusiondiff.data.degradations import check_mask
 
-        if method not in INPAINT_METHODS:
-            raise ValueError(f"unknown inpainting method {method!r}; valid: {', '.join(INPAINT_METHODS)}")
+        INPAINT_METHODS.check(method)
         check_image_tensor(image, "image")
         if image.dim() != 3 or image.shape[0] != self.prior.channels:
             raise ValueError(f"image must be [{self.prior.channels}, H, W] for {self.prior.name}, got {tuple(image.shape)}")
@@ -160,4 +159,4 @@ class NoiseSpaceFusion:
         return pixel_mask * out + (1 - pixel_mask) * image.cpu().to(out.dtype)
 
 
-INPAINT_METHODS = ("repaint", "edit_friendly")
+INPAINT_METHODS = Registry("inpainting method", {"repaint": repaint, "edit_friendly": edit_friendly_inpaint})

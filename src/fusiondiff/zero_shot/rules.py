@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.diffusion.inversion import Inversion
+from fusiondiff.registry import Registry
 
 Tensor = torch.Tensor
-MODES = ("linear", "cross_fade", "feature_selective", "layer_selective", "mask", "style")
 
 
 def ratio_weights(ratio: float) -> Tensor:
@@ -144,32 +144,110 @@ def style_map(a: Tensor, b: Tensor, step: int, num_steps: int, ratio: float) -> 
     return (1 - ratio) * a + ratio * matched
 
 
-def fuse_step(maps: Tensor, step: int, num_steps: int, weights: Tensor, mode: str,
-              mask: Tensor | None = None, slerp: bool = False) -> Tensor:  # fmt: skip
-    """Fuse the N maps of one step [N, B, C, H, W] by ``mode`` (see module docstring)."""
-    if mode == "linear":
+class Rule:
+    """A noise-space fusion rule: how the N maps of one step are combined (``mix``) and how many images it
+    takes. Subclasses set ``name`` and ``images`` (None: any N >= 2; 2: exactly two) and implement ``mix``."""
+
+    name = "rule"
+    images: int | None = None
+
+    def check(self, n: int, mask: Tensor | None = None) -> None:
+        """Raise a clear error before any compute if the rule cannot fuse ``n`` images (with ``mask``)."""
+        if self.images is not None and n != self.images:
+            count = {2: "two"}.get(self.images, str(self.images))
+            raise ValueError(f"{self.name} combines exactly {count} images, got {n}")
+
+    def mix(self, maps: Tensor, step: int, num_steps: int, weights: Tensor, mask: Tensor | None, slerp: bool) -> Tensor:
+        raise NotImplementedError
+
+    def start(self, xs: Tensor, step: int, num_steps: int, weights: Tensor, mask: Tensor | None, slerp: bool) -> Tensor:
+        """The fused starting point x_start from the N images' x at step ``skip`` (default: the rule of that step)."""
+        return self.mix(xs, step, num_steps, weights, mask, slerp)
+
+
+RULES = Registry("noise-space fusion mode")
+
+
+def _rule(cls: type[Rule]) -> type[Rule]:
+    RULES.register(cls.name, cls())
+    return cls
+
+
+@_rule
+class Linear(Rule):
+    name = "linear"
+
+    def mix(self, maps, step, num_steps, weights, mask, slerp):
         return mix_linear(maps, weights, slerp)
-    if mode == "cross_fade":
-        if maps.shape[0] != 2:
-            raise ValueError("cross_fade combines exactly two images")
+
+
+@_rule
+class CrossFade(Rule):
+    name, images = "cross_fade", 2
+
+    def mix(self, maps, step, num_steps, weights, mask, slerp):
+        self.check(maps.shape[0])
         wb = cross_fade_weight(step, num_steps, weights[1].item())
         return mix_linear(maps, torch.tensor([1 - wb, wb], dtype=torch.float64), slerp)
-    if mode == "feature_selective":
+
+
+@_rule
+class FeatureSelective(Rule):
+    name = "feature_selective"
+
+    def mix(self, maps, step, num_steps, weights, mask, slerp):
         return mix_feature_selective(maps, weights)
-    if mode == "layer_selective":
+
+
+@_rule
+class LayerSelective(Rule):
+    name = "layer_selective"
+
+    def mix(self, maps, step, num_steps, weights, mask, slerp):
         third = step * 3 // max(num_steps, 1)
         if third == 0:
             return maps[int(weights.argmax())]
         return mix_linear(maps, weights, slerp) if third == 1 else mix_feature_selective(maps, weights)
-    if mode == "style":
-        if maps.shape[0] != 2:
-            raise ValueError("style fusion combines exactly two images: content A and style B")
-        return style_map(maps[0], maps[1], step, num_steps, weights[1].item())
-    if mode == "mask":
+
+
+@_rule
+class Mask(Rule):
+    name, images = "mask", 2
+
+    def check(self, n: int, mask: Tensor | None = None) -> None:
+        if n != 2:
+            raise ValueError("mask fusion combines exactly two images")
         if mask is None:
             raise ValueError("mode=mask needs a mask (e.g. half_mask(H, W) or a mask image)")
+
+    def mix(self, maps, step, num_steps, weights, mask, slerp):
+        self.check(maps.shape[0], mask)
         return mix_mask(maps, mask)
-    raise ValueError(f"unknown noise-space fusion mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+@_rule
+class Style(Rule):
+    name, images = "style", 2
+
+    def check(self, n: int, mask: Tensor | None = None) -> None:
+        if n != 2:
+            raise ValueError("style fusion combines exactly two images: content A and style B")
+
+    def mix(self, maps, step, num_steps, weights, mask, slerp):
+        self.check(maps.shape[0])
+        return style_map(maps[0], maps[1], step, num_steps, weights[1].item())
+
+    def start(self, xs, step, num_steps, weights, mask, slerp):
+        return xs[0]  # x_T and the structure come from the content image
+
+
+MODES = tuple(RULES)
+
+
+def fuse_step(maps: Tensor, step: int, num_steps: int, weights: Tensor, mode: str,
+              mask: Tensor | None = None, slerp: bool = False) -> Tensor:  # fmt: skip
+    """Fuse the N maps of one step [N, B, C, H, W] by ``mode`` (see module docstring)."""
+    return RULES[mode].mix(maps, step, num_steps, weights, mask, slerp)
 
 
 def fuse_inversions(
@@ -198,6 +276,8 @@ def fuse_inversions(
     w = _check_weights(weights, len(inversions))
     xs = torch.stack([inv.xs for inv in inversions])
     zs = torch.stack([inv.zs for inv in inversions])
-    fused_zs = torch.stack([fuse_step(zs[:, i], i, k, w, mode, mask, slerp) for i in range(k)])
-    x_start = xs[0, skip] if mode == "style" else fuse_step(xs[:, skip], skip, k, w, mode, mask, slerp)
+    rule = RULES[mode]
+    rule.check(len(inversions), mask)
+    fused_zs = torch.stack([rule.mix(zs[:, i], i, k, w, mask, slerp) for i in range(k)])
+    x_start = rule.start(xs[:, skip], skip, k, w, mask, slerp)
     return x_start, fused_zs

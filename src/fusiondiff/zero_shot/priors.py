@@ -29,9 +29,9 @@ from torch import nn
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule
 from fusiondiff.diffusion.parameterization import eps_from_output
+from fusiondiff.models.bundle import DEFAULT_PRIOR, load_model
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-DEFAULT_PRIOR = Path(__file__).parent / "assets" / "unconditional_small.safetensors"
 # diffusers' scheduler.config.prediction_type -> ours
 DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
@@ -88,8 +88,6 @@ class OwnPrior(Prior):
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> OwnPrior:
-        from fusiondiff.inference import load_model
-
         net, schedule, config = load_model(path or DEFAULT_PRIOR)
         return cls(net.to(device), schedule, config)
 

@@ -1,0 +1,54 @@
+"""Focus measures: which of N sources is sharp where (the maths shared by the classical decision map, the
+decision-map network's extra inputs and the blend models' logit prior).
+
+Sources are [B, N, C, H, W] in [-1, 1]; C is 1 or 3 (colour is measured on its BT.601 luma).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fusiondiff.data.io import to_channels
+from fusiondiff.filters import box_mean
+
+Tensor = torch.Tensor
+
+
+def gray(x: Tensor) -> Tensor:
+    """[..., C, H, W] -> [..., 1, H, W] luma (BT.601) or the gray channel."""
+    return to_channels(x, 1)
+
+
+def select_max(activity: Tensor) -> Tensor:
+    """One-hot [B, N, 1, H, W] of the source with the largest activity (first on ties)."""
+    return F.one_hot(activity.argmax(1), activity.shape[1]).permute(0, 4, 1, 2, 3).to(activity.dtype)
+
+
+def sum_modified_laplacian(image: Tensor, radius: int = 3) -> Tensor:
+    """SML focus measure (Nayar & Nakagawa 1994): windowed sum of |d2/dx2| + |d2/dy2| of [B, 1, H, W]."""
+    p = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    center = p[..., 1:-1, 1:-1]
+    ml = (2 * center - p[..., 1:-1, :-2] - p[..., 1:-1, 2:]).abs() + (2 * center - p[..., :-2, 1:-1] - p[..., 2:, 1:-1]).abs()
+    return box_mean(ml, radius)
+
+
+def decision_weights(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
+    """One-hot [B, N, 1, H, W]: per pixel the source with the largest SML, after a majority (consistency) filter."""
+    b, n, c, h, w = sources.shape
+    g = gray(sources.reshape(b * n, c, h, w))
+    sml = sum_modified_laplacian(g, radius).reshape(b, n, 1, h, w)
+    votes = select_max(sml)
+    smoothed = box_mean(votes.reshape(b, n, h, w), consistency_radius).reshape(b, n, 1, h, w)  # majority filter
+    return select_max(smoothed)
+
+
+def focus_features(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
+    """Per source, [B, N, 2, H, W]: the decision map's one-hot choice (:func:`decision_weights`) and the
+    source's share of the SML focus measure, SML_i / Σ_j SML_j (1/N where all are flat): what the decision
+    map decided and how sure the focus measure is. Inputs of :class:`fusiondiff.models.DecisionMapUNet`."""
+    b, n, c, h, w = sources.shape
+    sml = sum_modified_laplacian(gray(sources.reshape(b * n, c, h, w)), radius).reshape(b, n, 1, h, w)
+    total = sml.sum(1, keepdim=True)
+    share = torch.where(total > 1e-8, sml / total.clamp_min(1e-8), torch.full_like(sml, 1.0 / n))
+    return torch.cat([decision_weights(sources, radius, consistency_radius), share], dim=2)
