@@ -29,8 +29,11 @@ def test_schedules_instantiate(diffusion, tmp_path):
 
 @pytest.mark.parametrize("sampler", options("sampler"))
 def test_samplers_resolve(sampler, tmp_path):
+    from fusiondiff.pipeline import SamplerConfig
+
     cfg = compose_config("train", [f"sampler={sampler}"], tmp_path)
-    assert callable(get_sampler(cfg.sampler.name)) and (cfg.sampler.steps is None or cfg.sampler.steps >= 1)
+    config = SamplerConfig.from_config(cfg.sampler).check(2000)  # every option is one the sampler takes
+    assert config.name == sampler and get_sampler(config.name) is not None
 
 
 @pytest.mark.parametrize("trainer", [t for t in options("trainer") if t not in ("gpu",)])
@@ -40,15 +43,23 @@ def test_trainers_instantiate(trainer, tmp_path):
     assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), L.Trainer)
 
 
-def test_gpu_trainer_config_composes(tmp_path):
+def test_gpu_trainer_config_builds_a_gpu_trainer_or_says_there_is_none(tmp_path):
+    import torch
+
     cfg = compose_config("train", ["trainer=gpu"], tmp_path)
-    assert cfg.trainer.accelerator == "gpu"
+    if torch.cuda.is_available():
+        assert instantiate(cfg.trainer, logger=False).accelerator.__class__.__name__ == "CUDAAccelerator"
+    else:
+        with pytest.raises(Exception, match="(?i)gpu|cuda"):
+            instantiate(cfg.trainer, logger=False)
 
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_loggers_instantiate(logger, tmp_path):
+    from lightning.pytorch.loggers import Logger
+
     cfg = compose_config("train", [f"logger={logger}"], tmp_path)
-    assert instantiate(cfg.logger) is not None
+    assert isinstance(instantiate(cfg.logger), Logger)
 
 
 def test_callbacks_and_data_instantiate(tmp_path, fusiondiff_folder):
@@ -73,9 +84,17 @@ def test_experiments_compose(experiment, tmp_path):
     instantiate(cfg.model)
 
 
-def test_infer_config_composes():
-    cfg = compose_config("infer", ["sampler=fusiondiff", "sampler.steps=5"])
-    assert cfg.sampler.name == "fusiondiff" and cfg.ckpt is None
+@pytest.mark.parametrize("mode", [m for m in options("mode") if not m.startswith("_")])
+def test_every_infer_mode_composes_with_only_its_own_keys(mode):
+    from fusiondiff.cli.infer import infer_modes
+
+    cfg = compose_config("infer", [f"mode={mode}"])
+    assert cfg.mode == mode and mode in infer_modes()
+    trained = mode in ("fuse", "hdr", "restore")
+    assert ("sampler" in cfg and "ckpt" in cfg) == trained  # zero-shot modes take a prior, no sampler
+    assert ("prior" in cfg) == (not trained) and ("fusion" in cfg) == (mode in ("noise_fusion", "style_fusion", "inpaint"))
+    with pytest.raises(ConfigCompositionException, match="fusion.ratio" if trained else "sampler.steps"):
+        compose_config("infer", [f"mode={mode}", "fusion.ratio=0.3" if trained else "sampler.steps=4"])
 
 
 def test_unknown_names_list_valid_options(tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 from fusiondiff.cli.infer import infer
 from fusiondiff.cli.train import train
+from fusiondiff.data import read_image
 from fusiondiff.data.hdr import (
     KalantariDataset,
     hdr_sources,
@@ -205,6 +206,22 @@ def test_train_export_and_infer_hdr_through_swne(tmp_path):
     assert (read_hdr_image(whole[0]) - radiance).abs().max() < 0.5  # windows change the result only slightly
     with pytest.raises(ValueError, match="is a multifocus model, not a hdr model"):
         infer(compose_config("infer", ["mode=hdr", f"input_dir={tmp_path / 'synth' / 'Test'}"]))
+
+    # the evaluation suite: the model's radiance is the one infer.py wrote (same sampler, seed and tiling)
+    from fusiondiff.cli.evaluate import evaluate
+
+    ev_dir, figure = tmp_path / "eval", tmp_path / "hdr_fig.png"
+    summary = evaluate(compose_config("evaluate", ["task=hdr", f"dataset={tmp_path / 'synth'}", f"output_dir={ev_dir}",
+                                                   f"methods=[model:{bundle},linear_merge,reference]", "steps=[2]",
+                                                   "tile_size=64", "tile_overlap=16", f"figure={figure}"]))  # fmt: skip
+    model = f"{bundle.parent.name} (ddim, 2 steps)"
+    gt = load_scene(tmp_path / "synth" / "Test" / "scene_000").hdr.clamp(0, 1)
+    expected = hdr_metrics.psnr_mu(read_hdr_image(whole[0]).clamp(0, 1), gt).item()
+    assert summary[model]["psnr_mu"]["mean"] == pytest.approx(expected, abs=0.05)  # .hdr storage rounds a little
+    assert summary["linear_merge"]["psnr_l"]["mean"] > summary["reference"]["psnr_l"]["mean"]  # merging beats one exposure
+    report = json.loads((ev_dir / "summary.json").read_text())
+    assert report["paired"][model]["psnr_mu"]["vs"] == "linear_merge" and report["images"] == 1
+    assert read_image(figure).shape[-2:] == (32, 6 * 32 + 5 * 4)  # 3 exposures | merge | model | ground truth
 
 
 def test_residual_bases_from_the_network_inputs():

@@ -44,6 +44,15 @@ def test_tiled_inference_matches_size_and_is_seeded(bundle, pair, tmp_path):
     ia, ib, ic = read_image(a), read_image(b), read_image(c)
     assert ia.shape == (3, 33, 41) and ic.shape == (3, 33, 41)
     torch.testing.assert_close(ia, ib, rtol=0, atol=0)
+    # the windows really are blended: an x0/residual model with a zero output layer gives exactly the mean
+    # of the sources however it is tiled (wrong window weights or a gap would show), and a real model's
+    # tiled output stays close to its whole-image output
+    zero = write_tiny_bundle(tmp_path / "zero.safetensors", init_std=None, prediction="x0", residual=True,
+                             task={"name": "multifocus"})  # fmt: skip
+    (z,) = run(zero, tmp_path / "z.png", pair, "tile_size=16", "tile_overlap=4", "tile_batch=3")
+    mean = (read_image(pair[0]) + read_image(pair[1])) / 2
+    assert (read_image(z) - mean).abs().max() <= 1.01 / 127.5  # 8-bit rounding only
+    assert (ic - ia).abs().mean() < 0.1 and not torch.equal(ic, ia)
 
 
 def test_pipeline_three_sources_and_batches(tmp_path):

@@ -133,7 +133,15 @@ def test_style_fusion_cli(tmp_path):
     out = tmp_path / "styled.png"
     written = infer(compose_config("infer", ["mode=style_fusion", f"prior={prior}", f"content={a}", f"style={b}",
                                              f"output={out}", "fusion.steps=6", "fusion.ratio=0.5"]))  # fmt: skip
-    assert written[0] == out and out.is_file()
+    assert written[0] == out
+    styled = read_image(out)
+    content, style = read_image(a), read_image(b)
+    assert (styled - content).abs().mean() > 1e-2  # the strength changed the content image ...
+    zero_cfg = ["mode=style_fusion", f"prior={prior}", f"content={a}", f"style={b}", f"output={tmp_path / 'zero.png'}",
+                "fusion.steps=6", "fusion.ratio=0"]  # fmt: skip
+    (zero, *_) = infer(compose_config("infer", zero_cfg))
+    assert (read_image(zero) - content).abs().max() <= 1.5 / 127.5  # ... and strength 0 reproduces it exactly
+    assert (styled - style).abs().mean() > 1e-2
     with pytest.raises(ValueError, match="content=<image A> and style=<image B>"):
         infer(compose_config("infer", ["mode=style_fusion", f"prior={prior}", f"content={a}", f"output={out}"]))
 

@@ -150,5 +150,9 @@ def test_cli_with_a_diffusers_pixel_prior(prior_dirs, image_files, tmp_path, cap
                  f"output={out}", "fusion.steps=6", "fusion.mode=mask", "fusion.mask=left_right"]  # fmt: skip
     written = infer(compose_config("infer", overrides))
     assert len(written) == 3 and "inversion check" in caplog.text
-    rec = read_image(written[1])
-    assert (rec - read_image(image_files[0])).abs().max() <= 1.5 / 127.5
+    a, b = read_image(image_files[0]), read_image(image_files[1])
+    assert (read_image(written[1]) - a).abs().max() <= 1.5 / 127.5
+    fused, w = read_image(written[0]), a.shape[-1]
+    left, right = (..., slice(0, w // 2 - 2)), (..., slice(w // 2 + 2, w))  # A on the left, B on the right
+    assert (fused[left] - a[left]).abs().mean() < (fused[left] - b[left]).abs().mean()
+    assert (fused[right] - b[right]).abs().mean() < (fused[right] - a[right]).abs().mean()

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from fusiondiff.diffusion import ddim_sample, fusiondiff_sample, get_sampler, make_schedule, respace_timesteps
+from fusiondiff.diffusion.samplers import SAMPLERS as REGISTERED
 
-SAMPLERS = [ddim_sample, fusiondiff_sample]
+SAMPLERS = list(REGISTERED.values())  # every registered sampler gets the battery below
 
 
 def scaled_denoiser(x, t, cond):

@@ -39,10 +39,19 @@ def test_cli_writes_fused_and_exact_reconstructions(prior, images, tmp_path, cap
 
 
 def test_three_images_with_weights_and_mask_mode(prior, images, tmp_path):
+    srcs = [read_image(p) for p in images]
+    # N = 3: all the weight on the third image reproduces it; mixed weights give an image unlike each input
+    (only_c,) = run(prior, images, tmp_path / "c.png", "fusion.weights=[0,0,1]", "fusion.save_reconstructions=false")
+    assert (read_image(only_c) - srcs[2]).abs().max() <= 1.5 / 127.5
     (out,) = run(prior, images, tmp_path / "three.png", "fusion.weights=[0.2,0.3,0.5]", "fusion.save_reconstructions=false")
-    assert read_image(out).shape == (3, 24, 20)
+    mixed = read_image(out)
+    assert mixed.shape == (3, 24, 20) and all((mixed - s).abs().mean() > 0.01 for s in srcs)
+    # mask mode, A on the left: each half is nearer to its own image than to the other one
     (masked, *_) = run(prior, images[:2], tmp_path / "mask.png", "fusion.mode=mask", "fusion.mask=left_right")
-    assert read_image(masked).shape == (3, 24, 20)
+    m, (a, b) = read_image(masked), srcs[:2]
+    left, right = (slice(None), slice(None), slice(0, 8)), (slice(None), slice(None), slice(12, 20))
+    assert (m[left] - a[left]).abs().mean() < (m[left] - b[left]).abs().mean()
+    assert (m[right] - b[right]).abs().mean() < (m[right] - a[right]).abs().mean()
 
 
 def test_batched_inversion_equals_one_by_one():
