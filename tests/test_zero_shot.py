@@ -104,3 +104,22 @@ def test_unconditional_model_is_refused_by_conditional_fusion(prior, images, tmp
     cfg = compose_config("infer", [f"ckpt={prior}", f"inputs=[{images[0]},{images[1]}]", f"output={tmp_path / 'x.png'}"])
     with pytest.raises(ValueError, match="mode=noise_fusion"):
         infer(cfg)
+
+
+def test_zero_shot_evaluation_suites(prior, tmp_path):
+    """scripts/evaluate.py task=zero_shot: inpainting keeps the known pixels and is scored against the photo;
+    style strength 0 is the content image itself."""
+    import json
+
+    from fusiondiff.cli.evaluate import evaluate
+
+    common = ["task=zero_shot", f"prior={prior}", "size=32", "steps=[4]"]
+    summary = evaluate(compose_config("evaluate", [*common, f"output_dir={tmp_path / 'inpaint'}"]))
+    assert set(summary) == {"telea", "repaint", "repaint_j10_r5", "edit_friendly"} and summary["telea"]["n"] == 2
+    assert all(summary[m]["psnr"]["mean"] > 5 for m in summary)
+    paired = json.loads((tmp_path / "inpaint" / "summary.json").read_text())["paired"]
+    assert set(paired) == {"repaint", "repaint_j10_r5", "edit_friendly"} and paired["repaint"]["lpips"]["vs"] == "telea"
+    summary = evaluate(compose_config("evaluate", [*common, "suite=style", f"output_dir={tmp_path / 'style'}"]))
+    rows = {r["image"]: r for r in __import__("csv").DictReader((tmp_path / "style" / "per_image.csv").open())}
+    assert len(rows) == 10 and float(rows["coffee_to_rocket_r0.00"]["content"]) < 1e-3  # r = 0 reproduces the content
+    assert float(rows["coffee_to_rocket_r1.00"]["content"]) > float(rows["coffee_to_rocket_r0.00"]["content"])
