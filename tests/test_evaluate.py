@@ -108,3 +108,21 @@ def test_model_labels_keep_runs_apart(tmp_path, tiny_bundle):
     cfg.methods = [f"model:{tmp_path / 'runs' / r / 'net.safetensors'}" for r in "xy"]
     with pytest.raises(ValueError, match="both be labelled"):
         task.methods(cfg, {}, lambda pipe, s, t: None, [])
+
+
+def test_synthetic_suite_scores_float_outputs_against_ground_truth(tiny_bundle, tmp_path):
+    """suite=synthetic: held-out generated pairs; methods stay in float (no 8-bit storage for anyone), so an
+    untrained x0/residual model equals averaging exactly."""
+    overrides = [
+        "suite=synthetic",
+        "num=3",
+        "size=32",
+        "steps=[1]",
+        f"output_dir={tmp_path}",
+        f"methods=[average,decision_map,model:{tiny_bundle}]",
+    ]
+    summary = evaluate(compose_config("evaluate", overrides))
+    model = "tiny (ddim, 1 step)"
+    assert set(summary[model]) >= {"psnr", "ssim", "lpips", "sf", "ag"} and "qabf" not in summary[model]
+    assert summary[model]["psnr"]["mean"] == pytest.approx(summary["average"]["psnr"]["mean"], abs=1e-4)
+    assert summary["decision_map"]["psnr"]["mean"] > summary["average"]["psnr"]["mean"]

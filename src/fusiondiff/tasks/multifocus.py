@@ -172,6 +172,7 @@ class MultiFocusTask(Task):
         from scikit-image's coffee and rocket, never trained on). Fused images are quantised to 8 bits (as if
         saved as PNG) before scoring; fusion metrics use 0..255, reference metrics [-1, 1]."""
         from fusiondiff.evaluation import Evaluation, Item
+        from fusiondiff.evaluation.core import batched
 
         suite = cfg.get("suite") or "paired"
         channels = 3 if cfg.get("channels") == 3 else None
@@ -192,7 +193,7 @@ class MultiFocusTask(Task):
                 return load
 
             items = [Item(sample.name, loader(sample)) for sample in samples]
-            has_target = any(s.target is not None for s in samples)
+            has_target, stored = any(s.target is not None for s in samples), True
             about = f"Dataset `{dataset}`, {len(items)} images"
         elif suite == "synthetic":
             from fusiondiff.data.datasets import SKIMAGE_HELDOUT_PHOTOS, SyntheticMultiFocus
@@ -201,19 +202,27 @@ class MultiFocusTask(Task):
             data = SyntheticMultiFocus(photos=SKIMAGE_HELDOUT_PHOTOS, num_samples=num, crop_size=size, deterministic=True,
                                        seed=seed)  # fmt: skip
             items = [Item(f"synthetic_{i:06d}", lambda i=i: data[i]) for i in range(len(data))][: cfg.get("max_images") or None]
-            has_target = True
+            has_target, stored = True, False
             about = f"{len(items)} held-out synthetic pairs, {size} px, photos {', '.join(SKIMAGE_HELDOUT_PHOTOS)} (seed {seed})"
         else:
             raise ValueError(f"unknown suite {suite!r} for task multifocus; valid: paired, synthetic")
         baselines = {name: (lambda d, fn=fn: fn(d["sources"])) for name, fn in CLASSICAL_METHODS.items()}
 
         def model_run(pipe, sampler, tiling):
-            return lambda d: pipe(d["sources"], sampler, seed=cfg.seed, tiling=tiling).cpu()
+            if stored:  # one image at a time, as infer.py fuses a folder
+                return lambda d: pipe(d["sources"], sampler, seed=cfg.seed, tiling=tiling).cpu()
+
+            def run_batch(everything: list[dict]) -> list[Tensor]:  # generated pairs: batches of 8, one seed each
+                sources = torch.stack([d["sources"] for d in everything])
+                out = [pipe(sources[i : i + 8], sampler, seed=cfg.seed, tiling=tiling).cpu() for i in range(0, len(sources), 8)]
+                return list(torch.cat(out))
+
+            return batched(run_batch, items)
 
         default = [*CLASSICAL_METHODS, "fusiondiff"]
         methods = self.methods(cfg, baselines, model_run, default, channels)
-        names = list(cfg.get("metrics") or DEFAULT_METRICS)
-        metrics = [m for m in fusion_metrics(names) if has_target or "target" not in m.needs]
+        names = list(cfg.get("metrics") or (DEFAULT_METRICS if stored else SYNTHETIC_METRICS))
+        metrics = [m for m in fusion_metrics(names, quantise=stored) if has_target or "target" not in m.needs]
         labels = [m.label for m in methods]
         baseline = cfg.get("baseline") or ("decision_map" if "decision_map" in labels else None)
         return Evaluation(about, items, methods, metrics, baseline=baseline)
@@ -223,28 +232,33 @@ DEFAULT_METRICS = ("qabf", "qcb", "qcv", "mi", "nmi", "ssim_fusion", "psnr_fusio
                    "ssim", "lpips")  # fmt: skip
 
 
-def fusion_metrics(names: list[str]) -> list[Metric]:
+SYNTHETIC_METRICS = ("psnr", "ssim", "lpips", "sf", "ag")
+
+
+def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
     """Multi-focus metrics by name: the source-based fusion metrics (two sources), the fused-only ones and the
-    reference ones (need ``target``), on the 8-bit quantised fused image."""
+    reference ones (need ``target``). ``quantise``: on the fused image as an 8-bit file would store it (stored
+    test images); else on the float output (generated suites, where every method stays in float)."""
     from fusiondiff.evaluation import Metric
     from fusiondiff.metrics import LOWER_IS_BETTER, REFERENCE_METRICS, fusion
 
     def source_metric(name, fn):
         def score(out, d):
-            s255 = fusion.to_255(d["sources"])
+            s255 = fusion.to_255(d["sources"], quantise)
             if len(s255) != 2:
                 raise ValueError(f"{name} is defined for two sources; this dataset has {len(s255)}")
-            return fn(s255[0], s255[1], fusion.to_255(out)).item()
+            return fn(s255[0], s255[1], fusion.to_255(out, quantise)).item()
 
         return Metric(name, score, name in LOWER_IS_BETTER)
 
     table = {name: source_metric(name, fn) for name, fn in fusion.SOURCE_METRICS.items()}
-    table.update({name: Metric(name, lambda out, d, fn=fn: fn(fusion.to_255(out)).item(), name in LOWER_IS_BETTER)
+    table.update({name: Metric(name, lambda out, d, fn=fn: fn(fusion.to_255(out, quantise)).item(), name in LOWER_IS_BETTER)
                   for name, fn in fusion.FUSED_ONLY_METRICS.items()})  # fmt: skip
 
     def reference_metric(name, fn):
         def score(out, d):
-            return fn((fusion.to_255(out) / 127.5 - 1).float(), d["target"].float()).item()
+            fused = (fusion.to_255(out) / 127.5 - 1).float() if quantise else out.float()
+            return fn(fused, d["target"].float()).item()
 
         return Metric(name, score, name in LOWER_IS_BETTER, ("target",))
 
