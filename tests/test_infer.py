@@ -179,3 +179,29 @@ def test_output_equal_to_a_source_is_refused_and_the_source_is_untouched(bundle,
     assert hashlib.sha256(a.read_bytes()).digest() == before
     with pytest.raises(OutputIsSourceError):  # zero-shot modes too, before the prior is loaded
         infer(compose_config("infer", ["mode=noise_fusion", f"inputs=[{a},{b}]", f"output={b}", "prior=/nonexistent.ckpt"]))
+
+
+@pytest.mark.parametrize("case", ["output_is_input", "missing_input", "corrupt_bundle"])
+def test_cli_error_boundary_one_line_exit_2_nothing_written(case, pair, tmp_path):
+    """Through the real entry point: a project error is one line on stderr, exit code 2, no traceback, and
+    neither the inputs nor the output folder change."""
+    import hashlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    a, b = pair
+    out = tmp_path / "out" / "fused.png"
+    args = {"output_is_input": [f"inputs=[{a},{b}]", f"output={a}"],
+            "missing_input": [f"inputs=[{a},{tmp_path / 'nope.png'}]", f"output={out}"],
+            "corrupt_bundle": [f"inputs=[{a},{b}]", f"output={out}", f"ckpt={tmp_path / 'bad.safetensors'}"]}[case]  # fmt: skip
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    before = {p: hashlib.sha256(p.read_bytes()).digest() for p in (a, b)}
+    infer_py = Path(__file__).resolve().parents[1] / "infer.py"
+    proc = subprocess.run([sys.executable, str(infer_py), *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    assert {"output_is_input": "overwrite a source", "missing_input": "image not found",
+            "corrupt_bundle": "is this a fusiondiff bundle"}[case] in lines[0]  # fmt: skip
+    assert {p: hashlib.sha256(p.read_bytes()).digest() for p in (a, b)} == before and not out.parent.exists()

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from fusiondiff.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(ConfigError, KeyError):
     """A name that is not registered; the message lists the valid ones (a KeyError and a ValueError)."""
 
     def __str__(self) -> str:

@@ -17,12 +17,14 @@ import cv2
 import numpy as np
 import torch
 
+from fusiondiff.errors import InputError, MissingInputError, OutputError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input image that cannot be used, with the reason and the fix in the message."""
 
 
@@ -35,7 +37,7 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise MissingInputError(f"image not found: {path}")
     data = np.fromfile(path, dtype=np.uint8)  # handles any file name, spaces and brackets included
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
@@ -139,7 +141,7 @@ def _check_channels_arg(channels: int | None, allow_none: bool = True) -> None:
         raise ValueError(f"channels must be one of {valid}, got {channels!r}")
 
 
-class OutputIsSourceError(ValueError):
+class OutputIsSourceError(OutputError):
     """An output path that names one of the inputs: writing it would destroy a source."""
 
 

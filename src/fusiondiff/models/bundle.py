@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fusiondiff.diffusion import NoiseSchedule, make_schedule
+from fusiondiff.errors import ModelFileError
 
 BUNDLE_FORMAT = 1
 # Only networks from these modules are built from a file's config (a bundle is data, not code).
@@ -29,7 +30,7 @@ def build_net(net_config: dict) -> nn.Module:
     cfg = dict(net_config)
     target = cfg.pop("_target_", None)
     if not isinstance(target, str) or not target.startswith(ALLOWED_NET_MODULES):
-        raise ValueError(f"refusing to build network {target!r}: only {ALLOWED_NET_MODULES} classes are allowed")
+        raise ModelFileError(f"refusing to build network {target!r}: only {ALLOWED_NET_MODULES} classes are allowed")
     module_name, _, cls_name = target.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(**cfg)
@@ -46,14 +47,29 @@ def _state_from_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
         sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if sub:
             return sub
-    raise ValueError("checkpoint holds no 'net.' or 'ema.module.' weights; was it written by fusiondiff's train.py?")
+    raise ModelFileError("checkpoint holds no 'net.' or 'ema.module.' weights; was it written by fusiondiff's train.py?")
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, NoiseSchedule, dict]:
     """(network in eval mode, schedule, config) from a ``.safetensors`` bundle or a ``.ckpt``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise ModelFileError(f"model file not found: {path}")
+    if path.suffix not in (".safetensors", ".ckpt"):
+        raise ModelFileError(f"unknown model file type {path.suffix!r}: give a .safetensors bundle or a .ckpt checkpoint")
+    try:
+        config, state = _read_model_file(path, map_location)
+        net = build_net(config["net"])
+        net.load_state_dict({k: v.float() for k, v in state.items()})
+        schedule = build_schedule(config["schedule"])
+    except ModelFileError:
+        raise
+    except Exception as err:  # a corrupt, truncated or foreign file: name it, and what it should be
+        raise ModelFileError(f"cannot read {path} ({type(err).__name__}: {err}); is this a fusiondiff bundle or .ckpt?") from err
+    return net.eval(), schedule, config
+
+
+def _read_model_file(path: Path, map_location: str | torch.device) -> tuple[dict, dict[str, torch.Tensor]]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
         from safetensors.torch import load_file
@@ -61,20 +77,15 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
         if "fusiondiff" not in meta:
-            raise ValueError(f"{path} is a safetensors file without fusiondiff metadata; export bundles with scripts/export.py")
-        config = json.loads(meta["fusiondiff"])
-        state = load_file(str(path), device=str(map_location))
-    elif path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-        config = ckpt.get("fusiondiff")
-        if not config:
-            raise ValueError(f"{path} has no fusiondiff config; it was not written by fusiondiff's train.py")
-        state = _state_from_checkpoint(ckpt["state_dict"])
-    else:
-        raise ValueError(f"unknown model file type {path.suffix!r}: give a .safetensors bundle or a .ckpt checkpoint")
-    net = build_net(config["net"])
-    net.load_state_dict({k: v.float() for k, v in state.items()})
-    return net.eval(), build_schedule(config["schedule"]), config
+            raise ModelFileError(
+                f"{path} is a safetensors file without fusiondiff metadata; export bundles with scripts/export.py"
+            )  # noqa: E501
+        return json.loads(meta["fusiondiff"]), load_file(str(path), device=str(map_location))
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    config = ckpt.get("fusiondiff") if isinstance(ckpt, dict) else None
+    if not config:
+        raise ModelFileError(f"{path} has no fusiondiff config; it was not written by fusiondiff's train.py")
+    return config, _state_from_checkpoint(ckpt["state_dict"])
 
 
 def export_bundle(checkpoint: str | Path, output: str | Path, half: bool = False) -> Path:

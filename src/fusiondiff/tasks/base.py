@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fusiondiff.diffusion.parameterization import Conditioning, check_prediction
+from fusiondiff.errors import ModelFileError
 from fusiondiff.models.bundle import DEFAULT_BUNDLE, load_model
 from fusiondiff.pipeline import FusionPipeline
 from fusiondiff.registry import Registry
@@ -162,7 +163,7 @@ def load_pipeline(path: str | Path | None = None, device: str | torch.device = "
     net, schedule, config = load_model(path or DEFAULT_BUNDLE)
     owner = task_of(config)
     if task is not None and owner.name != get_task(task).name:
-        raise ValueError(
+        raise ModelFileError(
             f"{path or 'the shipped bundle'} is a {owner.name} model, not a {task} model (train one with task={task})"
         )
     # channels_last: 17-29 % faster on CPU (scripts/benchmark.py vs --no-channels-last, README "Speed")
