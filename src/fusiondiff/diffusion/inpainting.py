@@ -33,6 +33,11 @@ def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return seeded_noise(like.shape, generator, like.device, like.dtype)
 
 
+def keep_known(generated: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` (1 = hole) x generated + (1 - mask) x known: the known pixels exactly as given."""
+    return mask * generated + (1 - mask) * known
+
+
 def _check(x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if mask.dim() == 2:
         mask = mask[None, None]
@@ -82,7 +87,7 @@ def repaint(
             ratio = abars[back] / abars[level]
             x = ratio**0.5 * x + (1 - ratio) ** 0.5 * _randn(x0, generator)
             level = back
-    return m * x + (1 - m) * x0
+    return keep_known(x, x0, m)
 
 
 @torch.no_grad()
@@ -102,4 +107,4 @@ def edit_friendly_inpaint(
     x_start = m * _randn(x0, generator) + (1 - m) * inv.xs[0]
     zs = torch.stack([m * _randn(x0, generator) + (1 - m) * z for z in inv.zs])
     x = regenerate(denoiser, schedule, x_start, zs, inv.timesteps, cond, eta=inv.eta, clip_x0=inv.clip_x0)
-    return m * x + (1 - m) * x0
+    return keep_known(x, x0, m)

@@ -38,8 +38,14 @@ class Metric:
 
     name: str
     fn: Callable[[torch.Tensor, dict[str, Any]], float]
-    lower_is_better: bool = False
+    lower_is_better: bool | None = None  # None: as the metrics package says (fusiondiff.metrics.LOWER_IS_BETTER)
     needs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.lower_is_better is None:
+            from fusiondiff.metrics import LOWER_IS_BETTER
+
+            self.lower_is_better = self.name in LOWER_IS_BETTER
 
 
 @dataclass

@@ -131,7 +131,7 @@ class HDRTask(Task):
         methods = self.methods(cfg, baselines, model_run, list(baselines))
 
         def metric(name, fn):
-            return Metric(name, lambda out, d: float(fn(out, d["target"])), name.startswith("lpips"), ("target",))
+            return Metric(name, lambda out, d: float(fn(out, d["target"])), needs=("target",))
 
         table = Registry("HDR metric", {name: metric(name, fn) for name, fn in HDR_METRICS.items()})
         metrics = [table[name] for name in (cfg.get("metrics") or ("psnr_mu", "psnr_l", "ssim_mu"))]

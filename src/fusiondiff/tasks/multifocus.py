@@ -240,7 +240,7 @@ def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
     reference ones (need ``target``). ``quantise``: on the fused image as an 8-bit file would store it (stored
     test images); else on the float output (generated suites, where every method stays in float)."""
     from fusiondiff.evaluation import Metric
-    from fusiondiff.metrics import LOWER_IS_BETTER, REFERENCE_METRICS, fusion
+    from fusiondiff.metrics import REFERENCE_METRICS, fusion
 
     def source_metric(name, fn):
         def score(out, d):
@@ -249,10 +249,10 @@ def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
                 raise ValueError(f"{name} is defined for two sources; this dataset has {len(s255)}")
             return fn(s255[0], s255[1], fusion.to_255(out, quantise)).item()
 
-        return Metric(name, score, name in LOWER_IS_BETTER)
+        return Metric(name, score)
 
     table = {name: source_metric(name, fn) for name, fn in fusion.SOURCE_METRICS.items()}
-    table.update({name: Metric(name, lambda out, d, fn=fn: fn(fusion.to_255(out, quantise)).item(), name in LOWER_IS_BETTER)
+    table.update({name: Metric(name, lambda out, d, fn=fn: fn(fusion.to_255(out, quantise)).item())
                   for name, fn in fusion.FUSED_ONLY_METRICS.items()})  # fmt: skip
 
     def reference_metric(name, fn):
@@ -260,7 +260,7 @@ def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
             fused = (fusion.to_255(out) / 127.5 - 1).float() if quantise else out.float()
             return fn(fused, d["target"].float()).item()
 
-        return Metric(name, score, name in LOWER_IS_BETTER, ("target",))
+        return Metric(name, score, needs=("target",))
 
     table.update({name: reference_metric(name, fn) for name, fn in REFERENCE_METRICS.items()})
     registry = Registry("metric", table)

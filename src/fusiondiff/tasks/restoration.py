@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fusiondiff.data.degradations import split_restoration_source
+from fusiondiff.diffusion.inpainting import keep_known
 from fusiondiff.filters import noise_sigma, unsharp_mask
 from fusiondiff.registry import Registry
 from fusiondiff.tasks.base import Task, load_pipeline, mean_base, register_task
@@ -183,11 +184,6 @@ class RestorationTask(Task):
                           figure=restoration_figure, extra={"kind": kind})  # fmt: skip
 
 
-def keep_known(restored: torch.Tensor, degraded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Inpainting: the known pixels (mask 0) are the input's; elsewhere the restored ones."""
-    return mask * restored + (1 - mask) * degraded
-
-
 def restore(cfg: DictConfig) -> list[Path]:
     """``mode=restore``: a trained restoration model on ``input`` (+ optional hole ``mask``) -> ``output``, or on
     every image of ``input_dir`` (``degraded/`` with optional ``mask/`` and ``clean/``, or plain images) ->
@@ -246,8 +242,8 @@ def restoration_metrics() -> Registry:
     return Registry("restoration metric", {
         "psnr": Metric("psnr", ref(psnr), needs=("target",)),
         "ssim": Metric("ssim", ref(ssim), needs=("target",)),
-        "lpips": Metric("lpips", ref(lpips_distance), True, ("target",)),  # AlexNet, LPIPS's default
-        "lpips_vgg": Metric("lpips_vgg", ref(lambda x, y: lpips_distance(x, y, net="vgg")), True, ("target",)),
+        "lpips": Metric("lpips", ref(lpips_distance), needs=("target",)),  # AlexNet, LPIPS's default
+        "lpips_vgg": Metric("lpips_vgg", ref(lambda x, y: lpips_distance(x, y, net="vgg")), needs=("target",)),
         "sf": Metric("sf", lambda out, d: float(spatial_frequency(to_255(out, quantise=False)))),
         "ag": Metric("ag", lambda out, d: float(average_gradient(to_255(out, quantise=False)))),
     })  # fmt: skip

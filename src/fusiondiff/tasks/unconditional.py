@@ -74,7 +74,7 @@ class UnconditionalTask(Task):
                 Method("edit_friendly", prior_inpaint(method="edit_friendly"), "model", steps),
             ]
             metrics = [Metric("psnr", lambda out, d: psnr(out, d["target"]).item(), needs=("target",)),
-                       Metric("lpips", lambda out, d: lpips_distance(out, d["target"]).item(), True, ("target",))]  # fmt: skip
+                       Metric("lpips", lambda out, d: lpips_distance(out, d["target"]).item(), needs=("target",))]  # fmt: skip
             about = f"zero-shot inpainting: {size} px coffee and rocket, a seeded 15-30 % hole each (seed {seed}), {steps} steps"
             return Evaluation(about, items, methods, metrics, baseline=cfg.get("baseline") or "telea")
         if suite == "style":
@@ -94,8 +94,8 @@ class UnconditionalTask(Task):
                     inversions[d["pair"]] = fuser.invert(d["sources"], steps=steps, seed=cfg.seed)
                 return fuser.fuse(inversions[d["pair"]], [1 - d["ratio"], d["ratio"]], "style")[0]
 
-            metrics = [Metric("content", lambda out, d: content_distance(out, d["content"]).item(), True),
-                       Metric("style", lambda out, d: style_distance(out, d["style"]).item(), True)]  # fmt: skip
+            metrics = [Metric("content", lambda out, d: content_distance(out, d["content"]).item()),
+                       Metric("style", lambda out, d: style_distance(out, d["style"]).item())]  # fmt: skip
             strengths = ", ".join(map(str, STYLE_STRENGTHS))
             about = f"style fusion: {size} px coffee and rocket, both orders, strengths {strengths}, {steps} steps"
             return Evaluation(about, items, [Method("style", style, "model", steps)], metrics)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.data.io import check_image_tensor
-from fusiondiff.diffusion.inpainting import edit_friendly_inpaint, repaint
+from fusiondiff.diffusion.inpainting import edit_friendly_inpaint, keep_known, repaint
 from fusiondiff.diffusion.inversion import Inversion, inversion_timesteps, invert, regenerate
 from fusiondiff.registry import Registry
 from fusiondiff.zero_shot.priors import Prior
@@ -156,7 +156,7 @@ class NoiseSpaceFusion:
             z = edit_friendly_inpaint(den, self.prior.schedule, inv, z0, m, generator=gen)
         out = self.prior.decode(z.float())[0].cpu()
         pixel_mask = mask.to(out.dtype)
-        return pixel_mask * out + (1 - pixel_mask) * image.cpu().to(out.dtype)
+        return keep_known(out, image.cpu().to(out.dtype), pixel_mask)
 
 
 INPAINT_METHODS = Registry("inpainting method", {"repaint": repaint, "edit_friendly": edit_friendly_inpaint})
