@@ -71,7 +71,7 @@ class DiffusionFusionModule(L.LightningModule):
             ``trainer.global_step``; ``train.py`` doubles ``trainer.max_steps`` so that it still counts batches,
             and moves the Trainer's ``gradient_clip_val`` to ``grad_clip`` (Lightning refuses it here).
         bundle_config: plain dict describing how to rebuild net and schedule (stored in checkpoints
-            so :func:`fusiondiff.training.export.export_bundle` needs nothing else).
+            so :func:`fusiondiff.models.bundle.export_bundle` needs nothing else).
     """
 
     def __init__(
