@@ -27,5 +27,9 @@ class ModelFileError(FusiondiffError, ValueError):
     """A model file that is not a fusiondiff bundle or checkpoint, or a model of another task."""
 
 
+class MissingModelFileError(ModelFileError, FileNotFoundError):
+    """A model file that does not exist."""
+
+
 class OutputError(FusiondiffError, ValueError):
     """An output that cannot or must not be written (e.g. it would overwrite a source)."""

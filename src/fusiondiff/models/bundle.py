@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fusiondiff.diffusion import NoiseSchedule, make_schedule
-from fusiondiff.errors import ModelFileError
+from fusiondiff.errors import MissingModelFileError, ModelFileError
 
 BUNDLE_FORMAT = 1
 # Only networks from these modules are built from a file's config (a bundle is data, not code).
@@ -54,7 +54,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     """(network in eval mode, schedule, config) from a ``.safetensors`` bundle or a ``.ckpt``."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        raise MissingModelFileError(f"model file not found: {path}")
     if path.suffix not in (".safetensors", ".ckpt"):
         raise ModelFileError(f"unknown model file type {path.suffix!r}: give a .safetensors bundle or a .ckpt checkpoint")
     try:
