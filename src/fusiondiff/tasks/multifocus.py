@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from fusiondiff.filters import blur, box_mean, gaussian_kernel, guided_filter
 from fusiondiff.focus import decision_weights, gray, select_max
+from fusiondiff.models.bundle import ASSETS
 from fusiondiff.registry import Registry
 from fusiondiff.tasks.base import Task, load_pipeline, mean_base, register_task
 
@@ -267,7 +268,6 @@ def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
     return [registry[name] for name in names]
 
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EXAMPLE_SOURCES = (ASSETS / "example_A.png", ASSETS / "example_B.png")
 
 
