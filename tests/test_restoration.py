@@ -181,9 +181,12 @@ def test_restoration_fast_dev_run_then_restore_cli(tmp_path):
     assert (restored - original)[:, known].abs().max() <= 1 / 127.5  # known pixels kept (8-bit rounding)
     with pytest.raises(ValueError, match="resize the mask"):
         small = save_png(tmp_path / "small.png", np.full((8, 8), 255, np.uint8))
-        infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input={src}", f"mask={small}", f"output={out}"]))
+        infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input={src}", f"mask={small}", f"output={out}",
+                                       "overwrite=true"]))  # fmt: skip
+    with pytest.raises(ValueError, match="exists; pass overwrite=true"):  # an existing output is never replaced silently
+        infer(compose_config("infer", ["mode=restore", f"ckpt={bundle}", f"input={src}", f"mask={mpath}", f"output={out}"]))
     with pytest.raises(ValueError, match="not a restoration model"):
-        infer(compose_config("infer", ["mode=restore", f"input={src}", f"output={out}"]))
+        infer(compose_config("infer", ["mode=restore", f"input={src}", f"output={tmp_path / 'new.png'}"]))
     # a folder: degraded/ + mask/ + clean/ (scored), and a plain folder of images
     root = tmp_path / "my pairs"
     for sub in ("degraded", "mask", "clean"):

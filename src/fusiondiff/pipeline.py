@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusiondiff.data.io import check_image_tensor
+from fusiondiff.data.io import ImageError, check_image_tensor
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule, get_sampler, respace_timesteps, tiled_denoiser
 from fusiondiff.diffusion.parameterization import Conditioning, from_diffused
 from fusiondiff.diffusion.samplers import SPACINGS
 from fusiondiff.diffusion.tiling import BLENDS
+from fusiondiff.errors import ConfigError, InputError
 
 DEFAULT_STEPS = 20  # when neither the call nor the model's recorded sampler says how many
 SAMPLER_FIELDS = ("name", "steps", "spacing", "clip_x0")
@@ -50,20 +51,20 @@ class SamplerConfig:
         """Raise a clear error for an unknown sampler/spacing, a step count out of range or an option the
         sampler does not take."""
         fn = get_sampler(self.name)
+        if self.steps is not None and not isinstance(self.steps, int) or isinstance(self.steps, bool):
+            raise ConfigError(f"sampler.steps must be a whole number >= 1 (or null: the model's default), got {self.steps!r}")
         if self.spacing not in SPACINGS:
-            raise ValueError(f"unknown sampler.spacing {self.spacing!r}; valid: {', '.join(SPACINGS)}")
+            raise ConfigError(f"unknown sampler.spacing {self.spacing!r}; valid: {', '.join(SPACINGS)}")
         if self.steps is not None:
-            if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-                raise ValueError(f"sampler.steps must be a whole number >= 1, got {self.steps!r}")
             top = f" and <= {num_timesteps} (the model's T)" if num_timesteps else ""
             if self.steps < 1 or (num_timesteps and self.steps > num_timesteps):
-                raise ValueError(f"sampler.steps must be >= 1{top}, got {self.steps}")
+                raise ConfigError(f"sampler.steps must be >= 1{top}, got {self.steps}")
         accepted = set(inspect.signature(fn).parameters)
         unknown = sorted(set(self.options) - accepted)
         if unknown:
-            raise ValueError(f"sampler {self.name!r} takes no option {', '.join(unknown)}")
+            raise ConfigError(f"sampler {self.name!r} takes no option {', '.join(unknown)}")
         if "eta" in self.options and not float(self.options["eta"]) >= 0:
-            raise ValueError(f"sampler.eta must be >= 0, got {self.options['eta']}")
+            raise ConfigError(f"sampler.eta must be >= 0, got {self.options['eta']}")
         return self
 
     def timesteps(self, num_timesteps: int, default_steps: int = DEFAULT_STEPS) -> torch.Tensor:
@@ -88,14 +89,17 @@ class Tiling:
         return cls(**{ours: cfg[key] for key, ours in keys.items() if key in cfg})
 
     def check(self) -> Tiling:
+        for key, value in (("tile_size", self.tile_size), ("tile_overlap", self.tile_overlap), ("tile_batch", self.batch)):
+            if (value is not None or key != "tile_size") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{key} must be a whole number, got {value!r}")
         if self.tile_size is not None and self.tile_size < 8:
-            raise ValueError(f"tile_size must be >= 8 px (or null: no tiling), got {self.tile_size}")
+            raise ConfigError(f"tile_size must be >= 8 px (or null: no tiling), got {self.tile_size}")
         if self.tile_size is not None and not 0 <= self.tile_overlap < self.tile_size:
-            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be in 0..tile_size-1 ({self.tile_size - 1})")
+            raise ConfigError(f"tile_overlap ({self.tile_overlap}) must be in 0..tile_size-1 ({self.tile_size - 1})")
         if self.blend not in BLENDS:
-            raise ValueError(f"unknown tile_blend {self.blend!r}; valid: {', '.join(BLENDS)}")
+            raise ConfigError(f"unknown tile_blend {self.blend!r}; valid: {', '.join(BLENDS)}")
         if self.batch < 1:
-            raise ValueError(f"tile_batch must be >= 1, got {self.batch}")
+            raise ConfigError(f"tile_batch must be >= 1, got {self.batch}")
         return self
 
     def wrap(self, denoiser: Callable[..., torch.Tensor], height: int, width: int) -> Callable[..., torch.Tensor]:
@@ -111,9 +115,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA if available, else CPU) or an explicit device, refusing CUDA when there is none."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:<index>") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda requested but no CUDA GPU is available; use device=cpu or device=auto")
+        raise ConfigError("device=cuda requested but no CUDA GPU is available; use device=cpu or device=auto")
     return device
 
 
@@ -184,11 +191,7 @@ class FusionPipeline:
             sources = sources[None]
         if sources.dim() != 5:
             raise ValueError(f"sources must be [N, C, H, W] or [B, N, C, H, W], got {tuple(sources.shape)}")
-        expected = self.num_sources
-        if expected == 0 and sources.shape[1]:
-            raise ValueError("this is an unconditional model (task=unconditional): fuse with mode=noise_fusion")
-        if expected is not None and sources.shape[1] != expected:
-            raise ValueError(f"this model fuses {expected} sources, got {sources.shape[1]}")
+        self.check_sources(sources.shape[1], *sources.shape[-2:])
         if sources.shape[1]:
             check_image_tensor(sources, "sources")
         sources = sources.to(self.device, torch.float32)
@@ -204,6 +207,18 @@ class FusionPipeline:
         )  # fmt: skip
         fused = from_diffused(fused, base)
         return fused[0] if unbatched else fused
+
+    def check_sources(self, num: int, height: int, width: int) -> None:
+        """Refuse, before any compute, sources this model cannot fuse: their number or size (channels are the
+        task's conditioning's business: HDR sources carry 6, feature conditions more)."""
+        expected = self.num_sources
+        if expected == 0 and num:
+            raise ConfigError("this is an unconditional model (task=unconditional): fuse with mode=noise_fusion")
+        if expected is not None and num != expected:
+            raise InputError(f"this model fuses {expected} sources, got {num}")
+        smallest = int(getattr(self.net, "min_size", 1) or 1)
+        if min(height, width) < smallest:
+            raise ImageError(f"images of {height}x{width} px are smaller than this model's minimum of {smallest} px per side")
 
     def _warn_untrained_timesteps(self, ts: torch.Tensor, sampler: SamplerConfig) -> None:
         trained = self.config.get("trained_steps")

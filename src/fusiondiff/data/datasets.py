@@ -14,6 +14,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, _check_channels_arg, read_image, to_channels
 from fusiondiff.data.pairing import Sample, find_samples
+from fusiondiff.errors import InputError, MissingInputError
 from fusiondiff.filters import blur, disk_kernel, gaussian_kernel
 
 log = logging.getLogger(__name__)
@@ -27,14 +28,12 @@ SKIMAGE_TRAIN_PHOTOS = (
 SKIMAGE_HELDOUT_PHOTOS = ("coffee", "rocket")
 
 
-def load_sources(paths: Sequence[str | Path], channels: int | None = None, resize: bool = False) -> torch.Tensor:
-    """Read N source images as [N, C, H, W]; sizes must agree unless ``resize`` (to the first's size).
-
-    Mixed gray/colour sources are all converted to colour, with a notice.
-    """
+def read_sources(paths: Sequence[str | Path], resize: bool = False) -> list[torch.Tensor]:
+    """Read N >= 2 source images, each [C, H, W] with its own channel count; sizes must agree unless ``resize``
+    (to the first's size)."""
     if len(paths) < 2:
-        raise ValueError(f"fusion needs at least 2 source images, got {len(paths)}")
-    images = [read_image(p, channels) for p in paths]
+        raise InputError(f"fusion needs at least 2 source images, got {len(paths)}")
+    images = [read_image(p) for p in paths]
     sizes = [tuple(im.shape[-2:]) for im in images]
     if len(set(sizes)) > 1:
         if not resize:
@@ -48,11 +47,17 @@ def load_sources(paths: Sequence[str | Path], channels: int | None = None, resiz
             else F.interpolate(im[None], (h, w), mode="bicubic", antialias=True, align_corners=False)[0].clamp(-1, 1)
             for im in images
         ]
-    chans = {im.shape[0] for im in images}
-    if len(chans) > 1:
-        log.warning("mixing gray and colour sources: converting the gray ones to colour")
-        images = [to_channels(im, 3) for im in images]
-    return torch.stack(images)
+    return images
+
+
+def load_sources(paths: Sequence[str | Path], channels: int | None = None, resize: bool = False) -> torch.Tensor:
+    """Read N source images as [N, C, H, W] (:func:`read_sources`), converted to ``channels``; mixed gray and
+    colour sources without ``channels`` all become colour (gray replicated), with a notice."""
+    images = read_sources(paths, resize)
+    if channels is None and len({im.shape[0] for im in images}) > 1:
+        log.warning("mixing gray and colour sources: the gray ones are replicated to RGB")
+        channels = 3
+    return torch.stack([to_channels(im, channels, name=str(p)) for im, p in zip(images, paths, strict=True)])
 
 
 class PairedAugment:
@@ -159,7 +164,7 @@ def skimage_photos(names: Sequence[str]) -> list[torch.Tensor]:
     for name in names:
         loader = getattr(skimage.data, name, None)
         if loader is None:
-            raise ValueError(f"scikit-image has no bundled photo {name!r}")
+            raise InputError(f"scikit-image has no bundled photo {name!r}")
         img = loader()
         if isinstance(img, tuple):  # stereo pairs
             img = img[0]
@@ -212,7 +217,7 @@ def focus_mask(h: int, w: int, kind: str, gen: torch.Generator) -> torch.Tensor:
         if rand() < 0.5:
             mask = 1 - mask
     else:
-        raise ValueError(f"unknown mask kind {kind!r}; valid: {', '.join(MASK_KINDS)}")
+        raise InputError(f"unknown mask kind {kind!r}; valid: {', '.join(MASK_KINDS)}")
     return mask[None]
 
 
@@ -274,10 +279,10 @@ class PhotoPatches(Dataset):
         _check_channels_arg(channels, allow_none=False)
         if folder is not None:
             if not Path(folder).is_dir():
-                raise FileNotFoundError(f"photo folder {folder} does not exist (data.train.folder: a folder of images)")
+                raise MissingInputError(f"photo folder {folder} does not exist (data.train.folder: a folder of images)")
             files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
-                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+                raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
             self.photos = [read_image(f, 3) for f in files]
         else:
             self.photos = skimage_photos(SKIMAGE_TRAIN_PHOTOS if photos is None else photos)
@@ -329,6 +334,6 @@ class SyntheticMultiFocus(PhotoPatches):
 def concat_datasets(parts: Sequence[Dataset | Callable[..., Dataset]], augment: bool = True) -> Dataset:
     """Several datasets as one (e.g. real pairs plus synthetic triplets); callables get ``augment``."""
     if not parts:
-        raise ValueError("concat_datasets needs at least one dataset")
+        raise InputError("concat_datasets needs at least one dataset")
     built = [p(augment=augment) if callable(p) and not isinstance(p, Dataset) else p for p in parts]
     return ConcatDataset(built)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from fusiondiff.data.datasets import PairedAugment, PhotoPatches, _generator, random_crop
 from fusiondiff.data.io import IMAGE_EXTENSIONS, ImageError, read_image
+from fusiondiff.errors import InputError, MissingInputError
 from fusiondiff.filters import blur, gaussian_kernel, motion_kernel
 
 DEGRADATIONS = ("inpaint", "noise", "blur", "sr")
@@ -81,7 +82,7 @@ def random_hole_mask(
     """
     lo, hi = float(coverage[0]), float(coverage[1])
     if not 0 < lo <= hi < 1:
-        raise ValueError(f"coverage must satisfy 0 < min <= max < 1, got {tuple(coverage)}")
+        raise InputError(f"coverage must satisfy 0 < min <= max < 1, got {tuple(coverage)}")
     mask = torch.zeros(1, height, width)
     for _ in range(max_tries):
         kind = _randint(gen, 0, 2)  # 0 strokes, 1 boxes, 2 both
@@ -129,12 +130,12 @@ class Degrader:
         kinds = [kinds] if isinstance(kinds, str) else list(kinds)
         unknown = [k for k in kinds if k not in DEGRADATIONS]
         if not kinds or unknown:
-            raise ValueError(f"unknown degradation(s) {unknown or kinds}; valid: {', '.join(DEGRADATIONS)}")
+            raise InputError(f"unknown degradation(s) {unknown or kinds}; valid: {', '.join(DEGRADATIONS)}")
         for name, rng in (("noise_sigma", noise_sigma), ("blur_sigma", blur_sigma), ("motion_length", motion_length)):
             if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
-                raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {tuple(rng)}")
+                raise InputError(f"{name} must be (min, max) with 0 < min <= max, got {tuple(rng)}")
         if not sr_factors or any(int(f) < 2 for f in sr_factors):
-            raise ValueError(f"sr_factors must be integers >= 2, got {tuple(sr_factors)}")
+            raise InputError(f"sr_factors must be integers >= 2, got {tuple(sr_factors)}")
         self.kinds, self.coverage = kinds, tuple(coverage)
         self.noise_sigma, self.blur_sigma, self.motion_length = tuple(noise_sigma), tuple(blur_sigma), tuple(motion_length)
         self.sr_factors = [int(f) for f in sr_factors]
@@ -169,22 +170,22 @@ def check_mask(mask: torch.Tensor, height: int, width: int, allow_empty: bool = 
     """Validate a hole mask [1, H, W] or [H, W] (1 = hole): its size, binary values and a non-trivial hole."""
     m = mask if mask.dim() == 3 else mask[None]
     if m.dim() != 3 or m.shape[0] != 1:
-        raise ValueError(f"{name} must be [H, W] or [1, H, W], got {tuple(mask.shape)}")
+        raise InputError(f"{name} must be [H, W] or [1, H, W], got {tuple(mask.shape)}")
     if tuple(m.shape[-2:]) != (height, width):
-        raise ValueError(f"{name} is {m.shape[-1]}x{m.shape[-2]}, the image is {width}x{height}: resize the mask to match")
+        raise InputError(f"{name} is {m.shape[-1]}x{m.shape[-2]}, the image is {width}x{height}: resize the mask to match")
     if not torch.isfinite(m).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+        raise InputError(f"{name} contains NaN or Inf")
     if not ((m == 0) | (m == 1)).all():
         frac = ((m != 0) & (m != 1)).float().mean().item()
-        raise ValueError(
+        raise InputError(
             f"{name} is not binary ({frac:.1%} of its pixels are neither black nor white): save it as PNG with only "
             "black (known) and white (hole) pixels, e.g. threshold it at 50 %; JPEG masks get grey edges"
         )
     if not allow_empty:
         if m.sum() == 0:
-            raise ValueError(f"{name} is empty (all black): there is no hole to fill; white marks the hole")
+            raise InputError(f"{name} is empty (all black): there is no hole to fill; white marks the hole")
         if m.sum() == m.numel():
-            raise ValueError(f"{name} covers the whole image (all white): nothing is known to condition on")
+            raise InputError(f"{name} covers the whole image (all white): nothing is known to condition on")
     return m
 
 
@@ -208,12 +209,12 @@ def restoration_files(root: str | Path, require_clean: bool = False) -> list[tup
     file stem; without ``degraded/`` (and ``require_clean`` False), the images directly in ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder (layout: degraded/, clean/, optional mask/)")
+        raise MissingInputError(f"{root} is not a folder (layout: degraded/, clean/, optional mask/)")
     has_layout = (root / "degraded").is_dir()
     if require_clean:
         for name in ("degraded", "clean"):
             if not (root / name).is_dir():
-                raise FileNotFoundError(f"{root}: missing {name}/ (layout: degraded/, clean/, optional mask/)")
+                raise MissingInputError(f"{root}: missing {name}/ (layout: degraded/, clean/, optional mask/)")
     degraded = _images_by_stem(root / "degraded" if has_layout else root)
     clean, masks = _images_by_stem(root / "clean"), _images_by_stem(root / "mask")
     if not degraded:
@@ -280,7 +281,7 @@ class SyntheticRestoration(torch.utils.data.Dataset):
 def split_restoration_source(sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(degraded [B, C, H, W], mask [B, 1, H, W]) of restoration sources [B, 1, C + 1, H, W]."""
     if sources.dim() != 5 or sources.shape[1] != 1:
-        raise ValueError(f"restoration sources must be [B, 1, C + 1, H, W], got {tuple(sources.shape)}")
+        raise InputError(f"restoration sources must be [B, 1, C + 1, H, W], got {tuple(sources.shape)}")
     return sources[:, 0, :-1], sources[:, 0, -1:]
 
 

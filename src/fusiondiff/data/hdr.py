@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from fusiondiff.data.io import ImageError, atomic_write_bytes, read_image, write_image
+from fusiondiff.errors import InputError, MissingInputError
 from fusiondiff.metrics.hdr import MU, inverse_mu_law, mu_law
 
 GAMMA = 2.2
@@ -41,7 +42,7 @@ def read_hdr_image(path: str | os.PathLike) -> torch.Tensor:
     """A Radiance ``.hdr`` or OpenEXR ``.exr`` file as float32 RGB [3, H, W] (linear, unclipped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"HDR image not found: {path}")
+        raise MissingInputError(f"HDR image not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".exr":
         import OpenEXR
@@ -128,7 +129,7 @@ def read_exposures(path: str | os.PathLike) -> list[float]:
     """EVs from ``exposure.txt``: one number per non-empty line (e.g. ``-2``, ``0.5``, ``+1.5``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exposure file not found: {path} (one EV per line, e.g. -2, 0, 2)")
+        raise MissingInputError(f"exposure file not found: {path} (one EV per line, e.g. -2, 0, 2)")
     values = []
     for k, line in enumerate(path.read_text().splitlines(), 1):
         text = line.strip()
@@ -137,9 +138,9 @@ def read_exposures(path: str | os.PathLike) -> list[float]:
         try:
             values.append(float(text))  # the whole token, not its first character
         except ValueError as err:
-            raise ValueError(f"{path}, line {k}: {text!r} is not a number (one EV per line)") from err
+            raise InputError(f"{path}, line {k}: {text!r} is not a number (one EV per line)") from err
         if not math.isfinite(values[-1]):
-            raise ValueError(f"{path}, line {k}: EV must be finite, got {text!r}")
+            raise InputError(f"{path}, line {k}: EV must be finite, got {text!r}")
     return values
 
 
@@ -162,25 +163,25 @@ def load_scene(folder: str | os.PathLike, num_exposures: int = 3, require_hdr: b
     """One scene of the Kalantari layout (see module docstring); clear errors for anything missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"scene folder not found: {folder}")
+        raise MissingInputError(f"scene folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in LDR_SUFFIXES and not p.name.startswith("."))
     if len(files) != num_exposures:
-        raise ValueError(
+        raise InputError(
             f"{folder}: expected {num_exposures} LDR exposures (*.tif), found {len(files)}: {[p.name for p in files]}"
         )
     evs = read_exposures(folder / "exposure.txt")
     if len(evs) != num_exposures:
-        raise ValueError(f"{folder / 'exposure.txt'}: {len(evs)} EV values for {num_exposures} exposures")
+        raise InputError(f"{folder / 'exposure.txt'}: {len(evs)} EV values for {num_exposures} exposures")
     ldrs = [read_ldr(p) for p in files]
     sizes = {tuple(x.shape) for x in ldrs}
     if len(sizes) != 1:
-        raise ValueError(f"{folder}: exposures differ in size: {sorted(sizes)}")
+        raise InputError(f"{folder}: exposures differ in size: {sorted(sizes)}")
     hdr_path = folder / "HDRImg.hdr"
     hdr = None
     if hdr_path.is_file() or require_hdr:
         hdr = read_hdr_image(hdr_path)
         if tuple(hdr.shape) != tuple(ldrs[0].shape):
-            raise ValueError(f"{hdr_path} is {tuple(hdr.shape)}, the exposures are {tuple(ldrs[0].shape)}")
+            raise InputError(f"{hdr_path} is {tuple(hdr.shape)}, the exposures are {tuple(ldrs[0].shape)}")
     return HDRScene(folder.name, torch.stack(ldrs), evs, hdr)
 
 
@@ -188,10 +189,10 @@ def scene_folders(root: str | os.PathLike, split: str | None = None) -> list[Pat
     """Scene folders under ``root/split`` (or ``root`` itself when split is None), sorted."""
     base = Path(root) / split if split else Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"HDR data folder not found: {base} (expected <root>/Training/<scene>/ and <root>/Test/<scene>/)")
+        raise MissingInputError(f"HDR data folder not found: {base} (expected <root>/Training/<scene>/ and <root>/Test/<scene>/)")
     folders = sorted(p for p in base.iterdir() if p.is_dir() and (p / "exposure.txt").exists())
     if not folders:
-        raise FileNotFoundError(f"no scenes (folders with exposure.txt) under {base}")
+        raise MissingInputError(f"no scenes (folders with exposure.txt) under {base}")
     return folders
 
 
@@ -310,7 +311,7 @@ class KalantariDataset(Dataset):
                 self.index.append((s, 0, 0))
                 continue
             if h < crop_size or w < crop_size:
-                raise ValueError(f"{folder} is {h}x{w}, smaller than crop_size={crop_size}")
+                raise InputError(f"{folder} is {h}x{w}, smaller than crop_size={crop_size}")
             if center_crop:
                 self.index.append((s, (h - crop_size) // 2, (w - crop_size) // 2))
                 continue

@@ -39,6 +39,7 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     if not path.is_file():
         raise MissingInputError(f"image not found: {path}")
     data = np.fromfile(path, dtype=np.uint8)  # handles any file name, spaces and brackets included
+    _check_complete(path, data.tobytes())  # before OpenCV, which prints warnings or decodes the rows it has
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ImageError(f"cannot decode {path}: not an image file or corrupt (supported: {', '.join(IMAGE_EXTENSIONS)})")
@@ -72,6 +73,30 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     return to_channels(tensor * 2.0 - 1.0, channels, name=str(path))
 
 
+def _check_complete(path: Path, data: bytes) -> None:
+    """Refuse a truncated PNG or JPEG, which OpenCV decodes without complaint (the missing rows grey or black):
+    a PNG must reach its IEND chunk, a JPEG its end-of-image marker (a JPEG with data after that marker, as
+    some cameras write, is accepted when Pillow decodes it completely)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        pos = 8
+        while pos + 8 <= len(data):
+            length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+            pos += 12 + length
+            if kind == b"IEND":
+                if pos <= len(data):
+                    return
+                break
+        raise ImageError(f"{path} is a truncated PNG (the file ends before its last chunk); copy or export it again")
+    if data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except OSError as err:
+            raise ImageError(f"{path} is a truncated or corrupt JPEG ({err}); copy or export it again") from None
+
+
 def to_channels(image: torch.Tensor, channels: int | None, name: str = "image") -> torch.Tensor:
     """Convert [C, H, W] (or [B, C, H, W]) between gray and RGB; ``None`` keeps it as is."""
     c = image.shape[-3]
@@ -83,6 +108,12 @@ def to_channels(image: torch.Tensor, channels: int | None, name: str = "image") 
         weights = torch.tensor([0.299, 0.587, 0.114], dtype=image.dtype, device=image.device).reshape(3, 1, 1)
         return (image * weights).sum(dim=-3, keepdim=True)
     raise ImageError(f"{name} has {c} channels; cannot convert to {channels}")
+
+
+def transfer_chroma(luma_from: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """RGB with the brightness (BT.601 luma) of ``luma_from`` and the colour (RGB minus its luma) of
+    ``colour``: how a fusion of gray and colour sources keeps colour everywhere. Both [..., 3, H, W]."""
+    return (to_channels(luma_from, 1) + colour - to_channels(colour, 1)).clamp(-1, 1)
 
 
 def check_image_tensor(image: torch.Tensor, name: str = "image") -> None:
@@ -135,6 +166,73 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, bit_depth: int = 8
     return atomic_write_bytes(path, encoded.tobytes())
 
 
+WRITABLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+SIXTEEN_BIT_EXTENSIONS = (".png", ".tif", ".tiff")
+
+
+def check_output_image(path: str | os.PathLike, bit_depth: int = 8) -> Path:
+    """Check, before any compute, that an image can be written at ``path``: a known extension, a bit depth
+    that format stores, not a folder, and a folder that exists or can be created and accepts files (tried
+    with a temporary file, which also works for root and read-only mounts). Writes nothing that stays."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in WRITABLE_EXTENSIONS:
+        raise OutputError(
+            f"output {path}: unknown image extension {suffix or '(none)'!r}; use one of {', '.join(WRITABLE_EXTENSIONS)}"
+        )
+    if bit_depth not in (8, 16):
+        raise OutputError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    if bit_depth == 16 and suffix not in SIXTEEN_BIT_EXTENSIONS:
+        raise OutputError(f"output {path}: 16-bit images need {' or '.join(SIXTEEN_BIT_EXTENSIONS)}, not {suffix}")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a folder; give a file name such as {path / 'fused.png'}")
+    check_output_folder(path.parent)
+    return path
+
+
+def check_outputs(
+    outputs: list[Path],
+    sources: list[Path | str | None],
+    bit_depth: int = 8,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+) -> list[Path]:
+    """Every check on the files a command will write, before it computes anything: none is a source (whatever
+    ``overwrite`` says), each can be written (:func:`check_output_image`; ``.hdr`` radiance files only need their
+    folder), and an existing one is replaced only with ``overwrite=true``: otherwise it is an error, or, for
+    folder jobs (``skip_existing``), left alone. Returns the outputs still to write."""
+    check_not_a_source(outputs, sources)
+    todo = []
+    for out in outputs:
+        if out.suffix.lower() == ".hdr":
+            check_output_folder(out.parent)
+        else:
+            check_output_image(out, bit_depth)
+        if out.exists() and not overwrite:
+            if skip_existing:
+                continue
+            raise OutputError(f"output {out} exists; pass overwrite=true to replace it, or choose another output=")
+        todo.append(out)
+    return todo
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """The folder exists (or its nearest existing parent does, so it can be created) and accepts new files."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".fusiondiff-write-test.")
+    except OSError as err:
+        raise OutputError(f"cannot write into {folder} ({err.strerror}); choose another output folder") from None
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
 def _check_channels_arg(channels: int | None, allow_none: bool = True) -> None:
     valid = (1, 3, None) if allow_none else (1, 3)
     if channels not in valid:
@@ -148,13 +246,12 @@ class OutputIsSourceError(OutputError):
 def check_not_a_source(outputs: list[Path], inputs: list[Path | str | None]) -> None:
     """Refuse (before any compute) an output that is one of the inputs: a source is never overwritten, whatever
     ``overwrite`` says. Compares resolved paths, and the files themselves where both exist (links, case)."""
-    sources = [Path(p) for p in inputs if p]
+    sources = {Path(p).resolve(): Path(p) for p in inputs if p}
     for out in outputs:
-        for src in sources:
-            same = out.resolve() == src.resolve()
-            if not same and out.exists() and src.exists():
-                same = out.samefile(src)
-            if same:
-                raise OutputIsSourceError(
-                    f"output {out} is the input {src}: writing it would overwrite a source; choose another output="
-                )
+        src = sources.get(out.resolve())
+        if src is None and out.exists():
+            src = next((s for s in sources.values() if s.exists() and out.samefile(s)), None)
+        if src is not None:
+            raise OutputIsSourceError(
+                f"output {out} is the input {src}: writing it would overwrite a source; choose another output="
+            )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fusiondiff.data.io import IMAGE_EXTENSIONS
+from fusiondiff.errors import InputError, MissingInputError
 
 GROUND_TRUTH_DIRS = ("full_clear", "ground_truth", "gt")
 GROUND_TRUTH_SUFFIXES = ("GT", "F")
@@ -47,14 +48,14 @@ def _index(files: list[Path], letter: str | None, folder: Path) -> dict[str, Pat
     for f in files:
         key = _strip(f.stem, letter) if letter else f.stem
         if key in out:
-            raise ValueError(f"{folder}: {out[key].name!r} and {f.name!r} both map to the sample name {key!r}")
+            raise InputError(f"{folder}: {out[key].name!r} and {f.name!r} both map to the sample name {key!r}")
         out[key] = f
     return out
 
 
-def _missing_error(root: Path, problems: list[str]) -> ValueError:
-    shown = "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "")
-    return ValueError(f"{root}: {len(problems)} sample(s) lack a partner image:\n  {shown}")
+def _missing_error(root: Path, problems: list[str]) -> InputError:
+    shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+    return InputError(f"{root}: {len(problems)} sample(s) lack a partner image ({shown}); pair or remove them")
 
 
 def _source_dirs(root: Path) -> list[Path]:
@@ -70,7 +71,7 @@ def find_samples(root: str | Path, require_target: bool = False) -> list[Sample]
     """All samples under ``root`` in one of the supported layouts, sorted by name."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
+        raise MissingInputError(f"dataset folder not found: {root}")
     source_dirs = _source_dirs(root)
     if source_dirs:
         samples = _folder_layout(root, source_dirs)
@@ -79,7 +80,7 @@ def find_samples(root: str | Path, require_target: bool = False) -> list[Sample]
     if require_target:
         lacking = [s.name for s in samples if s.target is None]
         if lacking:
-            raise ValueError(
+            raise InputError(
                 f"{root}: training needs ground truth (full_clear/ or <name>_GT), missing for {len(lacking)} sample(s), "
                 f"e.g. {lacking[:3]}"
             )
@@ -88,13 +89,13 @@ def find_samples(root: str | Path, require_target: bool = False) -> list[Sample]
 
 def _folder_layout(root: Path, source_dirs: list[Path]) -> list[Sample]:
     if len(source_dirs) < 2:
-        raise ValueError(f"{root}: found only source_1/; a sample needs at least source_1/ and source_2/")
+        raise InputError(f"{root}: found only source_1/; a sample needs at least source_1/ and source_2/")
     indices = [_index(_images(d), chr(ord("A") + k), d) for k, d in enumerate(source_dirs)]
     gt_dir = next((root / g for g in GROUND_TRUTH_DIRS if (root / g).is_dir()), None)
     gt_index = _index(_images(gt_dir), None, gt_dir) if gt_dir else None
     names = sorted(set().union(*[set(i) for i in indices]))
     if not names:
-        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(d.name for d in source_dirs)}")
+        raise InputError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(d.name for d in source_dirs)}")
     problems = []
     for name in names:
         absent = [d.name for d, idx in zip(source_dirs, indices, strict=True) if name not in idx]
@@ -137,11 +138,11 @@ def _per_sample_layout(root: Path) -> list[Sample]:
     if problems:
         raise _missing_error(root, problems)
     if not samples:
-        raise ValueError(
+        raise InputError(
             f"{root}: no samples found. Expected source_1/ + source_2/ (+ full_clear/) folders, "
             "or one folder per sample holding <name>_A.ext and <name>_B.ext"
         )
     counts = {len(s.sources) for s in samples}
     if len(counts) > 1:
-        raise ValueError(f"{root}: samples have different numbers of sources ({sorted(counts)})")
+        raise InputError(f"{root}: samples have different numbers of sources ({sorted(counts)})")
     return samples

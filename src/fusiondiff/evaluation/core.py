@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fusiondiff.data.io import IMAGE_EXTENSIONS, read_image
+from fusiondiff.errors import ConfigError, MissingInputError
 
 
 @dataclass
@@ -70,24 +71,24 @@ class Evaluation:
         for m in self.methods:
             if m.label == label:
                 return m
-        raise ValueError(f"no method {label!r}; methods: {', '.join(m.label for m in self.methods)}")
+        raise ConfigError(f"no method {label!r}; methods: {', '.join(m.label for m in self.methods)}")
 
 
 def folder_method(folder: str | Path, channels: int | None = None) -> Method:
     """Images fused elsewhere, matched to the items by file stem = item name (any image extension)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"method folder not found: {folder}")
+        raise MissingInputError(f"method folder not found: {folder}")
 
     def run(data: dict[str, Any]) -> torch.Tensor:
         name = data["name"]
         matches = [p for p in folder.iterdir() if p.stem == name and p.suffix.lower() in IMAGE_EXTENSIONS]
         if not matches:
-            raise FileNotFoundError(f"{folder}: no fused image named {name}.<ext>")
+            raise MissingInputError(f"{folder}: no fused image named {name}.<ext>")
         sources = data["sources"]
         fused = read_image(matches[0], channels=channels or sources.shape[-3])
         if fused.shape[-2:] != sources.shape[-2:]:
-            raise ValueError(f"{matches[0]} is {tuple(fused.shape[-2:])}, the sources are {tuple(sources.shape[-2:])}")
+            raise ConfigError(f"{matches[0]} is {tuple(fused.shape[-2:])}, the sources are {tuple(sources.shape[-2:])}")
         return fused
 
     return Method(folder.name, run, "folder")
@@ -125,6 +126,6 @@ def unique_labels(methods: list[Method]) -> list[Method]:
     seen: set[str] = set()
     for m in methods:
         if m.label in seen:
-            raise ValueError(f"two methods would both be labelled {m.label!r}; rename one of the files")
+            raise ConfigError(f"two methods would both be labelled {m.label!r}; rename one of the files")
         seen.add(m.label)
     return methods

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from fusiondiff.errors import ConfigError
 from fusiondiff.evaluation.core import Evaluation
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def run(evaluation: Evaluation, out_dir: str | Path, resume: bool = True, save_i
     fields = [*CSV_KEYS, *(m.name for m in evaluation.metrics)]
     rows = _read_rows(csv_path) if resume else []
     if rows and list(rows[0].keys()) != fields:
-        raise ValueError(
+        raise ConfigError(
             f"{csv_path} has columns {list(rows[0].keys())}, this run needs {fields}; use another output_dir or resume=false"
         )
     done = {(r["method"], r["image"]) for r in rows}

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fusiondiff.diffusion.parameterization import Conditioning, check_prediction
-from fusiondiff.errors import ModelFileError
+from fusiondiff.errors import ConfigError, ModelFileError
 from fusiondiff.models.bundle import DEFAULT_BUNDLE, load_model
 from fusiondiff.pipeline import FusionPipeline
 from fusiondiff.registry import Registry
@@ -84,7 +84,7 @@ class Task:
 
     def evaluation(self, cfg: DictConfig) -> Evaluation:
         """The evaluation of ``scripts/evaluate.py task=<name>``: suite, methods, metrics (see fusiondiff.evaluation)."""
-        raise ValueError(f"task {self.name} has no evaluation suite")
+        raise ConfigError(f"task {self.name} has no evaluation suite")
 
     def methods(
         self,
@@ -119,7 +119,7 @@ class Task:
                 out.append(folder_method(spec.split(":", 1)[1], channels))
             else:
                 valid = ", ".join([*baselines, "fusiondiff", "model:<bundle-or-ckpt>", "folder:<dir>"])
-                raise ValueError(f"unknown method {spec!r} for task {self.name}; valid: {valid}")
+                raise ConfigError(f"unknown method {spec!r} for task {self.name}; valid: {valid}")
         return unique_labels(out)
 
 

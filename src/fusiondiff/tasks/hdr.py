@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fusiondiff.data.hdr import GAMMA
+from fusiondiff.errors import ConfigError
 from fusiondiff.metrics.hdr import MU, mu_law
 from fusiondiff.tasks.base import Task, load_pipeline, mean_base, register_task
 
@@ -106,7 +107,7 @@ class HDRTask(Task):
         from fusiondiff.registry import Registry
 
         if (cfg.get("suite") or "scenes") != "scenes":
-            raise ValueError(f"unknown suite {cfg.suite!r} for task hdr; valid: scenes")
+            raise ConfigError(f"unknown suite {cfg.suite!r} for task hdr; valid: scenes")
         root = cfg.get("dataset") or "data/hdr_synthetic"
         folders = scene_folders(root, cfg.get("split"))[: cfg.get("max_images") or None]
 
@@ -144,20 +145,32 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
     folder of them). Writes ``<output_dir>/<scene>.hdr`` (linear radiance, float32) and ``<scene>.png`` (μ-law
     preview); logs PSNR-μ / PSNR-L when the scene has ``HDRImg.hdr``. Large scenes go through SWNE (``tile_size``)."""
     from fusiondiff.data.hdr import hdr_sources, load_scene, scene_folders, target_to_hdr, tonemap_preview, write_hdr_image
-    from fusiondiff.data.io import check_not_a_source, write_image
+    from fusiondiff.data.io import check_outputs, write_image
     from fusiondiff.metrics.hdr import psnr_l, psnr_mu
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
 
     if not cfg.input_dir:
-        raise ValueError("mode=hdr needs input_dir=<scene folder or a folder of scene folders (Kalantari layout)>")
+        raise ConfigError("mode=hdr needs input_dir=<scene folder or a folder of scene folders (Kalantari layout)>")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
     root = Path(cfg.input_dir)
     folders = [root] if (root / "exposure.txt").is_file() else scene_folders(root)
     out_dir, written = Path(cfg.output_dir), []
+    every_source = [p for folder in folders for p in folder.iterdir()]
+    todo = []
     for folder in folders:
-        check_not_a_source([out_dir / f"{folder.name}.hdr", out_dir / f"{folder.name}.png"], list(folder.iterdir()))
+        outputs = [out_dir / f"{folder.name}.hdr", out_dir / f"{folder.name}.png"]
+        if check_outputs(outputs, every_source, cfg.bit_depth, cfg.overwrite, skip_existing=True):
+            todo.append(folder)
+    if len(todo) < len(folders):
+        log.info(
+            "%d of %d scenes have outputs and are kept (overwrite=true replaces them)", len(folders) - len(todo), len(folders)
+        )
+    sizes = [load_scene(folder, require_hdr=False).ldrs.shape[-2:] for folder in todo]  # every scene reads
     pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device), task="hdr")
-    for k, folder in enumerate(folders, 1):
+    sampler.check(pipe.schedule.num_timesteps)
+    for h, w in sizes:
+        pipe.check_sources(pipe.num_sources or 3, h, w)
+    for k, folder in enumerate(todo, 1):
         scene = load_scene(folder, require_hdr=False)
         start = time.perf_counter()
         fused = pipe(hdr_sources(scene.ldrs, scene.times), sampler, seed=cfg.seed, tiling=tiling).cpu()
@@ -169,7 +182,7 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
             gt = scene.hdr.clamp(0, 1)
             score = f", PSNR-mu {psnr_mu(radiance, gt).item():.2f} dB, PSNR-L {psnr_l(radiance, gt).item():.2f} dB"
         h, w = radiance.shape[-2:]
-        log.info("[%d/%d] %s (%dx%d) -> %s (%.1f s%s)", k, len(folders), scene.name, w, h, written[-2],
+        log.info("[%d/%d] %s (%dx%d) -> %s (%.1f s%s)", k, len(todo), scene.name, w, h, written[-2],
                  time.perf_counter() - start, score)  # fmt: skip
     return written
 

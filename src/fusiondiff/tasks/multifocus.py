@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from fusiondiff.errors import ConfigError
 from fusiondiff.filters import blur, box_mean, gaussian_kernel, guided_filter
 from fusiondiff.focus import decision_weights, gray, select_max
 from fusiondiff.models.bundle import ASSETS
@@ -41,11 +42,11 @@ def _batched(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
         if sources.dim() == 4:
             return wrapper(sources[None], **kwargs)[0]
         if sources.dim() != 5 or sources.shape[1] < 2 or sources.shape[2] not in (1, 3):
-            raise ValueError(
+            raise ConfigError(
                 f"sources must be [N, C, H, W] or [B, N, C, H, W] with N >= 2 and C in (1, 3), got {tuple(sources.shape)}"
             )
         if not torch.isfinite(sources).all():
-            raise ValueError("sources contain NaN or Inf")
+            raise ConfigError("sources contain NaN or Inf")
         return fn(sources.float(), **kwargs).clamp(-1, 1)
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
@@ -206,7 +207,7 @@ class MultiFocusTask(Task):
             has_target, stored = True, False
             about = f"{len(items)} held-out synthetic pairs, {size} px, photos {', '.join(SKIMAGE_HELDOUT_PHOTOS)} (seed {seed})"
         else:
-            raise ValueError(f"unknown suite {suite!r} for task multifocus; valid: paired, synthetic")
+            raise ConfigError(f"unknown suite {suite!r} for task multifocus; valid: paired, synthetic")
         baselines = {name: (lambda d, fn=fn: fn(d["sources"])) for name, fn in CLASSICAL_METHODS.items()}
 
         def model_run(pipe, sampler, tiling):
@@ -247,7 +248,7 @@ def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
         def score(out, d):
             s255 = fusion.to_255(d["sources"], quantise)
             if len(s255) != 2:
-                raise ValueError(f"{name} is defined for two sources; this dataset has {len(s255)}")
+                raise ConfigError(f"{name} is defined for two sources; this dataset has {len(s255)}")
             return fn(s255[0], s255[1], fusion.to_255(out, quantise)).item()
 
         return Metric(name, score)
@@ -273,38 +274,68 @@ EXAMPLE_SOURCES = (ASSETS / "example_A.png", ASSETS / "example_B.png")
 
 def fuse(cfg: DictConfig) -> list[Path]:
     """``mode=fuse``: the trained model at ``ckpt`` (default: the shipped bundle) on ``inputs`` (default: the
-    built-in example pair) -> ``output``, or on every sample of ``input_dir`` -> ``output_dir/<name>.png``."""
-    from fusiondiff.data.datasets import load_sources
-    from fusiondiff.data.io import check_not_a_source, write_image
+    built-in example pair) -> ``output``, or on every sample of ``input_dir`` -> ``output_dir/<name>.png``.
+
+    Everything is checked before the first fusion: settings, outputs (writable, not a source, not replaced
+    without ``overwrite=true``; a folder run keeps the outputs that exist), every input (decodes, sizes,
+    count) and the model file."""
+    from fusiondiff.data.datasets import read_sources
+    from fusiondiff.data.io import check_outputs, write_image
     from fusiondiff.data.pairing import find_samples
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
 
     if cfg.inputs and cfg.input_dir:
-        raise ValueError("give either inputs=[a,b,...] or input_dir=..., not both")
+        raise ConfigError("give either inputs=[a,b,...] or input_dir=..., not both")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
-    jobs: list[tuple[str, list[Path], Path]] = []
+    device = resolve_device(cfg.device)
     if cfg.input_dir:
         out_dir = Path(cfg.output_dir)
-        for sample in find_samples(cfg.input_dir):
-            jobs.append((sample.name, list(sample.sources), out_dir / f"{sample.name}.png"))
+        jobs = [(s.name, list(s.sources), out_dir / f"{s.name}.png") for s in find_samples(cfg.input_dir)]
     else:
         inputs = [Path(p) for p in cfg.inputs] if cfg.inputs else list(EXAMPLE_SOURCES)
-        jobs.append((inputs[0].stem, inputs, Path(cfg.output)))
-    for _, paths, out in jobs:
-        check_not_a_source([out], paths)
-    pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device))
+        jobs = [(inputs[0].stem, inputs, Path(cfg.output))]
+    every_source = [p for _, paths, _ in jobs for p in paths]
+    todo = [job for job in jobs if check_outputs([job[2]], every_source, cfg.bit_depth, cfg.overwrite, bool(cfg.input_dir))]
+    if len(todo) < len(jobs):
+        log.info("%d of %d outputs exist and are kept (overwrite=true replaces them)", len(jobs) - len(todo), len(jobs))
+    shapes = {}
+    for name, paths, _ in todo:  # decode every input now: a bad file fails before any compute
+        images = read_sources(paths, resize=cfg.resize)
+        shapes[name] = (len(images), *images[0].shape[-2:])
+        loaded = images if len(todo) == 1 else None
+    pipe = load_pipeline(cfg.ckpt, device=device)
+    sampler.check(pipe.schedule.num_timesteps)
+    for n, h, w in shapes.values():
+        pipe.check_sources(n, h, w)
     log.info("model: %s", cfg.ckpt or "the bundled multi-focus model")
     written = []
-    for k, (name, paths, out) in enumerate(jobs, 1):
-        if out.exists() and not cfg.overwrite:
-            log.info("[%d/%d] %s: %s exists, skipped", k, len(jobs), name, out)
-            continue
+    for k, (name, paths, out) in enumerate(todo, 1):
         start = time.perf_counter()
-        sources = load_sources(paths, channels=pipe.channels, resize=cfg.resize)
-        fused = pipe(sources, sampler, seed=cfg.seed, tiling=tiling).cpu()
+        images = loaded if len(todo) == 1 else read_sources(paths, resize=cfg.resize)
+        fused = fuse_images(pipe, images, [Path(p).name for p in paths], sampler, seed=cfg.seed, tiling=tiling)
         written.append(write_image(out, fused, bit_depth=cfg.bit_depth))
-        log.info("[%d/%d] %s -> %s (%.1f s)", k, len(jobs), name, out, time.perf_counter() - start)
+        log.info("[%d/%d] %s -> %s (%.1f s)", k, len(todo), name, out, time.perf_counter() - start)
     return written
+
+
+def fuse_images(pipe, images: list[Tensor], names: list[str], sampler, **kwargs) -> Tensor:
+    """Fuse source images that may mix gray and colour with a trained pipeline. A gray model gets gray
+    sources. A colour model gets the gray sources replicated, and its output keeps its brightness but takes
+    its colour from the colour sources (:func:`~fusiondiff.data.io.transfer_chroma`): a gray source that
+    happens to win a flat region (a sky) would otherwise leave a gray patch. Mixed sources get a notice."""
+    from fusiondiff.data.io import to_channels, transfer_chroma
+
+    colour = [im for im in images if im.shape[0] == 3]
+    gray = [name for im, name in zip(images, names, strict=True) if im.shape[0] == 1]
+    if pipe.channels == 1:
+        if colour:
+            log.warning("this model fuses gray images: the colour sources are converted to gray")
+        return pipe(torch.stack([to_channels(im, 1) for im in images]), sampler, **kwargs).cpu()
+    fused = pipe(torch.stack([to_channels(im, 3) for im in images]), sampler, **kwargs).cpu()
+    if gray and colour:
+        log.warning("gray source(s) %s: fusing the brightness of every source, the colour of the colour ones", ", ".join(gray))
+        fused = transfer_chroma(fused, torch.stack(colour).mean(0))
+    return fused
 
 
 TASK = register_task(MultiFocusTask)

@@ -19,6 +19,7 @@ import torch
 
 from fusiondiff.data.degradations import split_restoration_source
 from fusiondiff.diffusion.inpainting import keep_known
+from fusiondiff.errors import ConfigError
 from fusiondiff.filters import noise_sigma, unsharp_mask
 from fusiondiff.registry import Registry
 from fusiondiff.tasks.base import Task, load_pipeline, mean_base, register_task
@@ -124,7 +125,7 @@ class RestorationTask(Task):
 
         kind, suite = cfg.get("kind") or "inpaint", cfg.get("suite") or "synthetic"
         if kind not in DEGRADATIONS:
-            raise ValueError(f"unknown kind {kind!r}; valid: {', '.join(DEGRADATIONS)}")
+            raise ConfigError(f"unknown kind {kind!r}; valid: {', '.join(DEGRADATIONS)}")
         if suite == "synthetic":
             from fusiondiff.data.datasets import SKIMAGE_HELDOUT_PHOTOS
 
@@ -134,18 +135,18 @@ class RestorationTask(Task):
             about = f"{kind}: {len(data)} held-out {size} px patches of {', '.join(SKIMAGE_HELDOUT_PHOTOS)} (seed {seed})"
         elif suite == "folder":
             if not cfg.get("dataset"):
-                raise ValueError("suite=folder needs dataset=<folder with degraded/, clean/ and (inpainting) mask/>")
+                raise ConfigError("suite=folder needs dataset=<folder with degraded/, clean/ and (inpainting) mask/>")
             data = PairedRestorationFolder(cfg.dataset)
             about = f"{kind}: {len(data)} images of `{cfg.dataset}`"
         else:
-            raise ValueError(f"unknown suite {suite!r} for task restoration; valid: synthetic, folder")
+            raise ConfigError(f"unknown suite {suite!r} for task restoration; valid: synthetic, folder")
 
         def loader(i: int):
             def load() -> dict:
                 item = data[i]
                 degraded, mask = split_restoration_source(item["sources"][None])
                 if kind == "inpaint" and not mask.any():
-                    raise ValueError(
+                    raise ConfigError(
                         f"kind=inpaint needs a hole in every image ({item['name']} has none: a mask/ folder); else choose kind="
                     )
                 return {"sources": item["sources"], "target": item["target"], "degraded": degraded[0], "mask": mask[0]}
@@ -189,14 +190,14 @@ def restore(cfg: DictConfig) -> list[Path]:
     every image of ``input_dir`` (``degraded/`` with optional ``mask/`` and ``clean/``, or plain images) ->
     ``output_dir/<name>.png``, logging PSNR / SSIM where ``clean/`` has the reference."""
     from fusiondiff.data.degradations import load_degraded, restoration_files
-    from fusiondiff.data.io import check_not_a_source, read_image, write_image
+    from fusiondiff.data.io import check_outputs, read_image, write_image
     from fusiondiff.metrics import psnr, ssim
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
 
     if cfg.input and cfg.input_dir:
-        raise ValueError("give either input=<image> or input_dir=<folder>, not both")
+        raise ConfigError("give either input=<image> or input_dir=<folder>, not both")
     if not cfg.input and not cfg.input_dir:
-        raise ValueError("mode=restore needs ckpt=<model> and input=<degraded image> (and mask=<hole mask> for "
+        raise ConfigError("mode=restore needs ckpt=<model> and input=<degraded image> (and mask=<hole mask> for "
                          "inpainting) or input_dir=<folder: degraded/ + optional mask/, clean/; or plain images>")  # fmt: skip
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
     if cfg.input_dir:
@@ -204,14 +205,17 @@ def restore(cfg: DictConfig) -> list[Path]:
         jobs = [(d, m, out_dir / f"{stem}.png", c) for stem, d, m, c in restoration_files(cfg.input_dir)]
     else:
         jobs = [(Path(cfg.input), cfg.mask, Path(cfg.output), None)]
-    for path, mask_path, out, clean_path in jobs:
-        check_not_a_source([out], [path, mask_path, clean_path])
+    every_source = [p for path, mask_path, _, clean_path in jobs for p in (path, mask_path, clean_path) if p]
+    todo = [job for job in jobs if check_outputs([job[2]], every_source, cfg.bit_depth, cfg.overwrite, bool(cfg.input_dir))]
+    if len(todo) < len(jobs):
+        log.info("%d of %d outputs exist and are kept (overwrite=true replaces them)", len(jobs) - len(todo), len(jobs))
+    sizes = [load_degraded(path, mask_path).shape[-2:] for path, mask_path, _, _ in todo]  # every input decodes
     pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device), task="restoration")
+    sampler.check(pipe.schedule.num_timesteps)
+    for h, w in sizes:
+        pipe.check_sources(1, h, w)
     written = []
-    for k, (path, mask_path, out, clean_path) in enumerate(jobs, 1):
-        if out.exists() and not cfg.overwrite:
-            log.info("[%d/%d] %s exists, skipped", k, len(jobs), out)
-            continue
+    for k, (path, mask_path, out, clean_path) in enumerate(todo, 1):
         sources = load_degraded(path, mask_path, channels=pipe.channels)
         start = time.perf_counter()
         restored = pipe(sources, sampler, seed=cfg.seed, tiling=tiling).cpu()
@@ -226,7 +230,7 @@ def restore(cfg: DictConfig) -> list[Path]:
                 log.warning("%s: size %s differs from %s's; not scored", clean_path, tuple(clean.shape[1:]), path)
             else:
                 score = f", PSNR {psnr(restored[None], clean).item():.2f} dB, SSIM {ssim(restored[None], clean).item():.4f}"
-        log.info("[%d/%d] restored %s -> %s (%.1f s%s)", k, len(jobs), path, out, time.perf_counter() - start, score)
+        log.info("[%d/%d] restored %s -> %s (%.1f s%s)", k, len(todo), path, out, time.perf_counter() - start, score)
     return written
 
 

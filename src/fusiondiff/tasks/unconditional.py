@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fusiondiff.errors import ConfigError
 from fusiondiff.tasks.base import Task, register_task
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ class UnconditionalTask(Task):
             strengths = ", ".join(map(str, STYLE_STRENGTHS))
             about = f"style fusion: {size} px coffee and rocket, both orders, strengths {strengths}, {steps} steps"
             return Evaluation(about, items, [Method("style", style, "model", steps)], metrics)
-        raise ValueError(f"unknown suite {suite!r} for task zero_shot; valid: inpaint, style")
+        raise ConfigError(f"unknown suite {suite!r} for task zero_shot; valid: inpaint, style")
 
 
 def load_mask(spec: str, height: int, width: int) -> torch.Tensor:
@@ -111,16 +112,30 @@ def load_mask(spec: str, height: int, width: int) -> torch.Tensor:
         return half_mask(height, width, left="A" if spec == "left_right" else "B")
     mask = (read_image(spec, channels=1)[0] + 1) / 2
     if mask.shape != (height, width):
-        raise ValueError(f"mask {spec} is {tuple(mask.shape)}, the images are {(height, width)}; resize it to match")
+        raise ConfigError(f"mask {spec} is {tuple(mask.shape)}, the images are {(height, width)}; resize it to match")
     return mask.double()
+
+
+def check_numbers(section, ints: dict[str, int], floats: dict[str, float], prefix: str = "fusion") -> None:
+    """Whole numbers and reals of a config section, each at least its minimum (keys that are absent or null
+    are skipped): ``fusion.steps=0`` is refused as such, not through a later consequence."""
+    for key, low in {**ints, **floats}.items():
+        value = section.get(key)
+        if value is None:
+            continue
+        whole = key in ints
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise ConfigError(f"{prefix}.{key} must be a {'whole number' if whole else 'number'} >= {low}, got {value!r}")
+        if not value >= low:
+            raise ConfigError(f"{prefix}.{key} must be >= {low}, got {value}")
 
 
 def noise_fusion(cfg: DictConfig) -> list[Path]:
     """Zero-shot fusion of ``cfg.inputs`` (or the jobs of ``fusion.input_yaml``) in the noise space of ``cfg.prior``."""
     from omegaconf import OmegaConf
 
-    from fusiondiff.data.datasets import load_sources
-    from fusiondiff.data.io import check_not_a_source, write_image
+    from fusiondiff.data.datasets import read_sources
+    from fusiondiff.data.io import check_outputs, to_channels, write_image
     from fusiondiff.metrics import psnr
     from fusiondiff.pipeline import resolve_device
     from fusiondiff.zero_shot import RULES, NoiseSpaceFusion, Prompts, load_prior, ratio_weights
@@ -130,29 +145,43 @@ def noise_fusion(cfg: DictConfig) -> list[Path]:
     input_yaml = fusion.pop("input_yaml", None)
     if input_yaml:
         if cfg.inputs:
-            raise ValueError("give either inputs=[...] or fusion.input_yaml=..., not both")
+            raise ConfigError("give either inputs=[...] or fusion.input_yaml=..., not both")
         jobs = jobs_from_yaml(input_yaml, fusion, Path(cfg.output))
     else:
         if not cfg.inputs or len(cfg.inputs) < 2:
-            raise ValueError("mode=noise_fusion needs inputs=[a.png,b.png,...] (two or more images) or fusion.input_yaml=...")
+            raise ConfigError("mode=noise_fusion needs inputs=[a.png,b.png,...] (two or more images) or fusion.input_yaml=...")
         jobs = [NoiseFusionJob([Path(p) for p in cfg.inputs], Path(cfg.output), fusion)]
+    every_source = [p for job in jobs for p in job.images]
+    loaded = []
     for job in jobs:  # validate everything before the (slow) model load
-        check_not_a_source([job.output], job.images)
         f = job.fusion
+        check_numbers(f, ints={"steps": 1, "skip": 0, "strip_frames": 1}, floats={"eta": 0.0, "cfg_src": 0.0})
+        if not 0 <= f["skip"] < f["steps"]:
+            raise ConfigError(f"fusion.skip must be in 0..{f['steps'] - 1} (fusion.steps={f['steps']}), got {f['skip']}")
         if f["mode"] not in RULES:
-            raise ValueError(f"unknown fusion.mode {f['mode']!r}; valid: {', '.join(RULES)}")
+            raise ConfigError(f"unknown fusion.mode {f['mode']!r}; valid: {', '.join(RULES)}")
         f["weights"] = list(f["weights"]) if f["weights"] else ratio_weights(float(f["ratio"])).tolist()
         if len(f["weights"]) != len(job.images):
-            raise ValueError(f"{len(f['weights'])} weights for {len(job.images)} images (set fusion.weights=[...] for N > 2)")
-        if not 0 <= f["skip"] < f["steps"]:
-            raise ValueError(f"fusion.skip must be in 0..{f['steps'] - 1} (fusion.steps={f['steps']}), got {f['skip']}")
+            raise ConfigError(f"{len(f['weights'])} weights for {len(job.images)} images (set fusion.weights=[...] for N > 2)")
+        out = job.output
+        outputs = [out] + ([out.with_name(f"{out.stem}_strip{out.suffix}")] if f["save_strip"] else [])
+        if f["save_reconstructions"]:
+            outputs += [out.with_name(f"{out.stem}_reconstruction_{i + 1}{out.suffix}") for i in range(len(job.images))]
+        check_outputs(outputs, every_source, cfg.bit_depth, cfg.overwrite)
+        images = read_sources(job.images, resize=cfg.resize)
+        if f["mode"] == "mask" and f["mask"]:
+            load_mask(f["mask"], *images[0].shape[-2:])
+        loaded.append(images if len(jobs) == 1 else None)
     prior = load_prior(cfg.prior, device=resolve_device(cfg.device))
     log.info("prior: %s", prior.name)
+    for job, images in zip(jobs, loaded, strict=True):
+        prior.check_size(*(images or read_sources(job.images, resize=cfg.resize))[0].shape[-2:])
     written = []
-    for job in jobs:
+    for job, images in zip(jobs, loaded, strict=True):
         f = job.fusion
         fuser = NoiseSpaceFusion(prior, Prompts(f["prompt_src"] or "", f["prompt_tar"], float(f["cfg_src"]), f["cfg_tar"]))
-        images = load_sources(job.images, channels=prior.channels, resize=cfg.resize)
+        images = images or read_sources(job.images, resize=cfg.resize)
+        images = torch.stack([to_channels(im, prior.channels) for im in images])
         mask = load_mask(f["mask"], *images.shape[-2:]) if f["mode"] == "mask" and f["mask"] else None
         start = time.perf_counter()
         inv = fuser.invert(images, steps=f["steps"], eta=f["eta"], seed=cfg.seed)
@@ -186,7 +215,7 @@ def style_fusion(cfg: DictConfig) -> list[Path]:
     from omegaconf import open_dict
 
     if not cfg.content or not cfg.style:
-        raise ValueError("mode=style_fusion needs content=<image A> and style=<image B> (fusion.ratio = style strength)")
+        raise ConfigError("mode=style_fusion needs content=<image A> and style=<image B> (fusion.ratio = style strength)")
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.inputs, cfg.fusion.mode = [cfg.content, cfg.style], "style"
@@ -196,16 +225,17 @@ def style_fusion(cfg: DictConfig) -> list[Path]:
 def inpaint(cfg: DictConfig) -> list[Path]:
     """Zero-shot inpainting of ``input`` inside ``mask`` (white = hole) with the unconditional ``prior``."""
     from fusiondiff.data.degradations import read_mask
-    from fusiondiff.data.io import check_not_a_source, read_image, to_channels, write_image
+    from fusiondiff.data.io import check_outputs, read_image, to_channels, write_image
     from fusiondiff.pipeline import resolve_device
     from fusiondiff.zero_shot import INPAINT_METHODS, NoiseSpaceFusion, Prompts, load_prior
 
     if not cfg.input or not cfg.mask:
-        raise ValueError("mode=inpaint needs input=<image> and mask=<hole mask image, white = hole>")
-    check_not_a_source([Path(cfg.output)], [cfg.input, cfg.mask])
+        raise ConfigError("mode=inpaint needs input=<image> and mask=<hole mask image, white = hole>")
     opts = cfg.inpaint
     if opts.method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpaint.method {opts.method!r}; valid: {', '.join(INPAINT_METHODS)}")
+        raise ConfigError(f"unknown inpaint.method {opts.method!r}; valid: {', '.join(INPAINT_METHODS)}")
+    check_numbers(opts, ints={"steps": 1, "jump_length": 1, "resample": 1}, floats={"eta": 0.0}, prefix="inpaint")
+    check_outputs([Path(cfg.output)], [cfg.input, cfg.mask], cfg.bit_depth, cfg.overwrite)
     image = read_image(cfg.input)
     mask = read_mask(cfg.mask, *image.shape[-2:])
     prior = load_prior(cfg.prior, device=resolve_device(cfg.device))

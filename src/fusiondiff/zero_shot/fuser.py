@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from fusiondiff.data.io import check_image_tensor
 from fusiondiff.diffusion.inpainting import edit_friendly_inpaint, keep_known, repaint
 from fusiondiff.diffusion.inversion import Inversion, inversion_timesteps, invert, regenerate
+from fusiondiff.errors import InputError
 from fusiondiff.registry import Registry
 from fusiondiff.zero_shot.priors import Prior
 from fusiondiff.zero_shot.rules import RULES, fuse_inversions
@@ -53,9 +54,9 @@ class NoiseSpaceFusion:
         """Edit-friendly inversion of N images [N, C, H, W] in [-1, 1] as one batch."""
         check_image_tensor(images, "images")
         if images.dim() != 4 or images.shape[0] < 1:
-            raise ValueError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
+            raise InputError(f"images must be [N, C, H, W], got {tuple(images.shape)}")
         if images.shape[1] != self.prior.channels:
-            raise ValueError(f"{self.prior.name} takes {self.prior.channels}-channel images, got {images.shape[1]}")
+            raise InputError(f"{self.prior.name} takes {self.prior.channels}-channel images, got {images.shape[1]}")
         self.prior.check_size(*images.shape[-2:])
         z0 = self.prior.encode(images.to(self.prior.device, torch.float32)).to(self.dtype)
         ts = inversion_timesteps(self.prior.schedule.num_timesteps, steps)
@@ -95,7 +96,7 @@ class NoiseSpaceFusion:
         RULES[mode]  # an unknown mode lists the valid ones
         n, k = inv.xs.shape[1], len(inv.timesteps)
         if not 0 <= skip < k:
-            raise ValueError(f"skip must be in 0..{k - 1} for {k} steps, got {skip}")
+            raise InputError(f"skip must be in 0..{k - 1} for {k} steps, got {skip}")
         if mask is not None and tuple(mask.shape[-2:]) != tuple(inv.xs.shape[-2:]):
             # a mask of image size on a latent prior: average it down to the latent grid
             mask = F.interpolate(mask.double().reshape(1, 1, *mask.shape[-2:]), inv.xs.shape[-2:], mode="area")[0, 0]
@@ -137,7 +138,7 @@ class NoiseSpaceFusion:
         INPAINT_METHODS.check(method)
         check_image_tensor(image, "image")
         if image.dim() != 3 or image.shape[0] != self.prior.channels:
-            raise ValueError(f"image must be [{self.prior.channels}, H, W] for {self.prior.name}, got {tuple(image.shape)}")
+            raise InputError(f"image must be [{self.prior.channels}, H, W] for {self.prior.name}, got {tuple(image.shape)}")
         mask = check_mask(mask.float().cpu(), *image.shape[-2:])
         self.prior.check_size(*image.shape[-2:])
         device = self.prior.device

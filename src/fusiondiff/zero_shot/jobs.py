@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusiondiff.errors import ConfigError, MissingInputError
+
 # keys of the original edit-friendly-DDPM tool's YAML (a list of entries) -> ours
 YAML_KEYS = {
     "init_img": "first image",
@@ -45,22 +47,22 @@ def jobs_from_yaml(path: str | Path, fusion: dict, output: Path) -> list[NoiseFu
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"fusion.input_yaml not found: {path}")
+        raise MissingInputError(f"fusion.input_yaml not found: {path}")
     entries = yaml.safe_load(path.read_text())
     entries = [entries] if isinstance(entries, dict) else entries
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise ValueError(f"{path}: expected a mapping or a list of mappings with init_img, second_image, source_prompt, ...")
+        raise ConfigError(f"{path}: expected a mapping or a list of mappings with init_img, second_image, source_prompt, ...")
     jobs = []
     for k, entry in enumerate(entries):
         unknown = sorted(set(entry) - set(YAML_KEYS))
         if unknown:
-            raise ValueError(f"{path}, entry {k}: unknown key(s) {unknown}; known: {', '.join(YAML_KEYS)}")
+            raise ConfigError(f"{path}, entry {k}: unknown key(s) {unknown}; known: {', '.join(YAML_KEYS)}")
         if "images" in entry:
             images = list(entry["images"])
         else:
             second = entry.get("second_image", entry.get("second_img"))
             if "init_img" not in entry or second is None:
-                raise ValueError(f"{path}, entry {k}: give init_img and second_image (or images: [...])")
+                raise ConfigError(f"{path}, entry {k}: give init_img and second_image (or images: [...])")
             images = [entry["init_img"], second]
         images = [Path(p) if Path(p).is_absolute() else path.parent / p for p in images]
         settings = dict(fusion)

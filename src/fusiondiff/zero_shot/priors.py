@@ -29,6 +29,7 @@ from torch import nn
 
 from fusiondiff.diffusion import EpsDenoiser, NoiseSchedule
 from fusiondiff.diffusion.parameterization import eps_from_output
+from fusiondiff.errors import ConfigError, InputError, MissingModelFileError, ModelFileError
 from fusiondiff.models.bundle import DEFAULT_PRIOR, load_model
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -66,7 +67,7 @@ class Prior:
 
 def _check_no_prompt(prior: Prior, prompt: str, guidance: float) -> None:
     if prompt or guidance != 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"{prior.name} is not text-conditioned: prompts and guidance scales need a Stable Diffusion prior "
             "(leave fusion.prompt_src / prompt_tar empty and cfg_src / cfg_tar at 1)"
         )
@@ -77,7 +78,7 @@ class OwnPrior(Prior):
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, config: dict) -> None:
         if config.get("net", {}).get("num_sources", 0):
-            raise ValueError(
+            raise ModelFileError(
                 "zero-shot fusion needs an unconditional model (train one with task=unconditional, "
                 "e.g. experiment=unconditional_quickstart); this one is conditional"
             )
@@ -104,10 +105,10 @@ def _schedule_from_scheduler(scheduler: Any) -> tuple[NoiseSchedule, str]:
     """Our schedule (float64 ᾱ from the scheduler's own betas) and prediction type."""
     betas = getattr(scheduler, "betas", None)
     if betas is None:
-        raise ValueError(f"{type(scheduler).__name__} has no discrete betas; use a DDPM/DDIM/PNDM-style scheduler")
+        raise ModelFileError(f"{type(scheduler).__name__} has no discrete betas; use a DDPM/DDIM/PNDM-style scheduler")
     kind = scheduler.config.get("prediction_type", "epsilon")
     if kind not in DIFFUSERS_PREDICTIONS:
-        raise ValueError(f"unsupported prediction_type {kind!r}; supported: {', '.join(DIFFUSERS_PREDICTIONS)}")
+        raise ModelFileError(f"unsupported prediction_type {kind!r}; supported: {', '.join(DIFFUSERS_PREDICTIONS)}")
     return NoiseSchedule(torch.as_tensor(betas).double()), DIFFUSERS_PREDICTIONS[kind]
 
 
@@ -133,7 +134,7 @@ class DiffusersPixelPrior(Prior):
     def check_size(self, height: int, width: int) -> None:
         factor = 2 ** (self.levels - 1)
         if height % factor or width % factor:
-            raise ValueError(f"{self.name} needs sizes divisible by {factor}, got {height}x{width}; crop or resize the images")
+            raise InputError(f"{self.name} needs sizes divisible by {factor}, got {height}x{width}; crop or resize the images")
 
     def denoiser(self, prompt: str = "", guidance: float = 1.0) -> Denoiser:
         _check_no_prompt(self, prompt, guidance)
@@ -159,7 +160,7 @@ class StableDiffusionPrior(Prior):
     def __init__(self, pipe: Any, name: str = "Stable Diffusion") -> None:
         for part in ("vae", "unet", "text_encoder", "tokenizer", "scheduler"):
             if getattr(pipe, part, None) is None:
-                raise ValueError(f"{type(pipe).__name__} has no {part}; expected a Stable Diffusion pipeline")
+                raise ModelFileError(f"{type(pipe).__name__} has no {part}; expected a Stable Diffusion pipeline")
         self.pipe, self.vae, self.unet = pipe, pipe.vae.eval(), pipe.unet.eval()
         self.schedule, self.prediction = _schedule_from_scheduler(pipe.scheduler)
         self.scaling = float(self.vae.config.get("scaling_factor", 0.18215))
@@ -174,7 +175,7 @@ class StableDiffusionPrior(Prior):
     def check_size(self, height: int, width: int) -> None:
         factor = self.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if height % factor or width % factor:
-            raise ValueError(f"{self.name} needs sizes divisible by {factor}, got {height}x{width}; crop or resize the images")
+            raise InputError(f"{self.name} needs sizes divisible by {factor}, got {height}x{width}; crop or resize the images")
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -222,7 +223,7 @@ def load_prior(spec: str | Path | None = None, device: str | torch.device = "cpu
         raise ImportError("diffusers priors need `pip install diffusers transformers`") from err
     local = Path(spec)
     if local.exists() and not (local / "model_index.json").is_file():
-        raise FileNotFoundError(f"{local} is not a diffusers pipeline directory (no model_index.json)")
+        raise MissingModelFileError(f"{local} is not a diffusers pipeline directory (no model_index.json)")
     pipe = DiffusionPipeline.from_pretrained(str(spec), dtype=dtype)
     pipe = pipe.to(device)
     if getattr(pipe, "vae", None) is not None and getattr(pipe, "text_encoder", None) is not None:
@@ -230,4 +231,4 @@ def load_prior(spec: str | Path | None = None, device: str | torch.device = "cpu
     unet = getattr(pipe, "unet", None)
     if unet is not None and type(unet).__name__ == "UNet2DModel":
         return DiffusersPixelPrior(unet, pipe.scheduler, name=f"diffusers {spec}")
-    raise ValueError(f"{spec}: {type(pipe).__name__} is neither a pixel UNet2DModel pipeline nor Stable Diffusion")
+    raise ModelFileError(f"{spec}: {type(pipe).__name__} is neither a pixel UNet2DModel pipeline nor Stable Diffusion")

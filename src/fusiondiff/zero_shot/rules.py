@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.diffusion.inversion import Inversion
+from fusiondiff.errors import ConfigError
 from fusiondiff.registry import Registry
 
 Tensor = torch.Tensor
@@ -40,16 +41,16 @@ Tensor = torch.Tensor
 def ratio_weights(ratio: float) -> Tensor:
     """Weights (1 - r, r) of two images."""
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"fusion ratio must be in [0, 1], got {ratio}")
+        raise ConfigError(f"fusion ratio must be in [0, 1], got {ratio}")
     return torch.tensor([1.0 - ratio, ratio], dtype=torch.float64)
 
 
 def _check_weights(weights: Sequence[float] | Tensor, n: int) -> Tensor:
     w = torch.as_tensor(weights, dtype=torch.float64).flatten()
     if w.numel() != n:
-        raise ValueError(f"{w.numel()} weights for {n} images")
+        raise ConfigError(f"{w.numel()} weights for {n} images")
     if (w < 0).any() or abs(w.sum().item() - 1) > 1e-6:
-        raise ValueError(f"weights must be >= 0 and sum to 1, got {w.tolist()}")
+        raise ConfigError(f"weights must be >= 0 and sum to 1, got {w.tolist()}")
     return w
 
 
@@ -62,7 +63,7 @@ def mix_linear(maps: Tensor, weights: Tensor, slerp: bool = False) -> Tensor:
     w = weights.to(maps.device)
     if slerp:
         if maps.shape[0] != 2:
-            raise ValueError("slerp fuses exactly two maps")
+            raise ConfigError("slerp fuses exactly two maps")
         a, b, r = maps[0], maps[1], w[1].item()
         cos = (a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12)
         omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))
@@ -100,12 +101,12 @@ def mix_feature_selective(maps: Tensor, weights: Tensor, sharpness: float = 4.0,
 def mix_mask(maps: Tensor, mask: Tensor) -> Tensor:
     """m z_A + (1 - m) z_B over sqrt(m² + (1 - m)²), with m broadcast to [..., H, W]."""
     if maps.shape[0] != 2:
-        raise ValueError("mask fusion combines exactly two images")
+        raise ConfigError("mask fusion combines exactly two images")
     m = mask.to(maps.dtype).to(maps.device)
     if m.min() < 0 or m.max() > 1:
-        raise ValueError("mask values must lie in [0, 1]")
+        raise ConfigError("mask values must lie in [0, 1]")
     if m.shape[-2:] != maps.shape[-2:]:
-        raise ValueError(f"mask is {tuple(m.shape[-2:])}, the maps are {tuple(maps.shape[-2:])}")
+        raise ConfigError(f"mask is {tuple(m.shape[-2:])}, the maps are {tuple(maps.shape[-2:])}")
     return (m * maps[0] + (1 - m) * maps[1]) / (m**2 + (1 - m) ** 2).sqrt()
 
 
@@ -155,7 +156,7 @@ class Rule:
         """Raise a clear error before any compute if the rule cannot fuse ``n`` images (with ``mask``)."""
         if self.images is not None and n != self.images:
             count = {2: "two"}.get(self.images, str(self.images))
-            raise ValueError(f"{self.name} combines exactly {count} images, got {n}")
+            raise ConfigError(f"{self.name} combines exactly {count} images, got {n}")
 
     def mix(self, maps: Tensor, step: int, num_steps: int, weights: Tensor, mask: Tensor | None, slerp: bool) -> Tensor:
         raise NotImplementedError
@@ -216,9 +217,9 @@ class Mask(Rule):
 
     def check(self, n: int, mask: Tensor | None = None) -> None:
         if n != 2:
-            raise ValueError("mask fusion combines exactly two images")
+            raise ConfigError("mask fusion combines exactly two images")
         if mask is None:
-            raise ValueError("mode=mask needs a mask (e.g. half_mask(H, W) or a mask image)")
+            raise ConfigError("mode=mask needs a mask (e.g. half_mask(H, W) or a mask image)")
 
     def mix(self, maps, step, num_steps, weights, mask, slerp):
         self.check(maps.shape[0], mask)
@@ -231,7 +232,7 @@ class Style(Rule):
 
     def check(self, n: int, mask: Tensor | None = None) -> None:
         if n != 2:
-            raise ValueError("style fusion combines exactly two images: content A and style B")
+            raise ConfigError("style fusion combines exactly two images: content A and style B")
 
     def mix(self, maps, step, num_steps, weights, mask, slerp):
         self.check(maps.shape[0])
@@ -264,15 +265,15 @@ def fuse_inversions(
     Every fused map (including those of the last steps) is used; maps before ``skip`` are unused.
     """
     if len(inversions) < 2:
-        raise ValueError("noise-space fusion needs at least two inversions")
+        raise ConfigError("noise-space fusion needs at least two inversions")
     first = inversions[0]
     for inv in inversions[1:]:
         same = inv.timesteps == first.timesteps and inv.eta == first.eta and inv.clip_x0 == first.clip_x0
         if not same or inv.zs.shape != first.zs.shape:
-            raise ValueError("all inversions must share timesteps, eta and image size (invert them as one batch)")
+            raise ConfigError("all inversions must share timesteps, eta and image size (invert them as one batch)")
     k = len(first.timesteps)
     if not 0 <= skip < k:
-        raise ValueError(f"skip must be in 0..{k - 1}, got {skip}")
+        raise ConfigError(f"skip must be in 0..{k - 1}, got {skip}")
     w = _check_weights(weights, len(inversions))
     xs = torch.stack([inv.xs for inv in inversions])
     zs = torch.stack([inv.zs for inv in inversions])
