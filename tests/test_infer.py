@@ -205,3 +205,39 @@ def test_cli_error_boundary_one_line_exit_2_nothing_written(case, pair, tmp_path
     assert {"output_is_input": "overwrite a source", "missing_input": "image not found",
             "corrupt_bundle": "is this a fusiondiff bundle"}[case] in lines[0]  # fmt: skip
     assert {p: hashlib.sha256(p.read_bytes()).digest() for p in (a, b)} == before and not out.parent.exists()
+
+
+def test_gray_and_colour_sources_fuse_to_colour_everywhere(tmp_path, caplog):
+    """A gray source and a colour one (the issue's grey-sky wedge): the output takes its brightness from both
+    sources (the gray one where it is sharp) and its colour from the colour source, so no region where the
+    colour source is in focus comes out gray; a one-line notice says what happened."""
+    import logging
+
+    from fusiondiff.data.datasets import heldout_pair, make_multifocus_triplet
+    from fusiondiff.data.io import to_channels, write_image
+
+    sharp = heldout_pair(96)[0].clone()  # scikit-image's coffee: saturated colours
+    yy = torch.linspace(0, 1, 96)[:, None].expand(96, 96)
+    sharp[:, :, :32] = torch.stack([yy * 0.4 - 0.6, yy * 0.3 - 0.1, 0.1 * yy + 0.8])[:, :, :32]  # a flat blue sky
+    (a, b), mask = make_multifocus_triplet(sharp, torch.Generator().manual_seed(1), max_sigma=3.0, mask_kinds=("half_plane",))
+    gray_a = write_image(tmp_path / "a gray.png", to_channels(a, 1))
+    colour_b = write_image(tmp_path / "b.png", b)
+    with caplog.at_level(logging.WARNING):
+        (out,) = infer(compose_config("infer", [f"inputs=[{gray_a},{colour_b}]", f"output={tmp_path / 'f.png'}"]))
+    assert any("gray source(s) a gray.png" in r.getMessage() for r in caplog.records)
+    fused, truth = read_image(out), sharp
+
+    def chroma(x):
+        return (x - to_channels(x, 1)).abs().amax(0)
+
+    b_right = (b - truth).abs().amax(0) < 0.02  # in focus, or flat (the sky): the colour source holds the truth
+    a_focus = mask[0] > 0.99
+    coloured = b_right & (chroma(truth) > 0.1)
+    assert coloured.float().mean() > 0.1  # the test image has colour where B is sharp
+    kept = chroma(fused)[coloured] / chroma(truth)[coloured]
+    assert (kept < 0.5).float().mean() < 0.01  # no gray region where the colour source is in focus
+    luma = lambda x: to_channels(x, 1)[0]  # noqa: E731
+    # where the gray source is sharp, the brightness is the gray source's, not the blurred colour source's
+    err_fused = (luma(fused) - luma(truth))[a_focus].abs().mean()
+    err_b = (luma(b) - luma(truth))[a_focus].abs().mean()
+    assert err_fused < 0.5 * err_b
