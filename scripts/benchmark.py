@@ -123,7 +123,17 @@ def job_train(args: dict) -> dict:
     }
 
 
+PLAN = {"total": 0, "done": 0, "start": time.perf_counter()}
+
+
 def in_subprocess(fn, args: dict) -> dict:
+    """One measurement in a fresh process; a progress line on stderr before each (the tables go to stdout)."""
+    import sys
+
+    PLAN["done"] += 1
+    k, n, elapsed = PLAN["done"], PLAN["total"], time.perf_counter() - PLAN["start"]
+    eta = f", ETA {elapsed / (k - 1) * (n - k + 1):.0f} s" if k > 1 else ""
+    print(f"benchmark: measurement {k}/{n} ({fn.__name__}), {elapsed:.0f} s elapsed{eta}", file=sys.stderr, flush=True)
     ctx = mp.get_context("spawn")
     with ctx.Pool(1) as pool:
         return pool.apply(fn, (args,))
@@ -170,6 +180,7 @@ def main() -> None:
     common = {"device": dev, "threads": args.threads, "repeats": args.repeats, "size": tuple(args.size), "model": args.model,
               "channels_last": args.channels_last, "bf16": args.bf16}  # fmt: skip
 
+    PLAN["total"] = len(args.samplers) * len(args.steps) + 1 + len(model_configs()) + (0 if args.quick else 1)
     print(f"\n## Fusing one {args.size[0]} x {args.size[1]} pair (model: {args.model or 'shipped bundle'})\n")
     print(f"| sampler | steps | seconds | {mem} |\n|---|---|---|---|")
     rows = []

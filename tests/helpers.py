@@ -123,3 +123,26 @@ def tiny_batch():
 
     g = torch.Generator().manual_seed(1)
     return {"sources": torch.rand(2, 2, 3, 32, 32, generator=g) * 2 - 1, "target": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1}
+
+
+class SignalAt:
+    """A Lightning callback (``+callbacks.x._target_=helpers.SignalAt``) for interrupt tests: after training step
+    ``step`` it sends ``signal`` to its own process (``kill``), or only touches ``path`` (a marker for a test
+    that sends the signal from outside)."""
+
+    def __new__(cls, step: int, signal: str = "SIGINT", path: str | None = None, kill: bool = True):
+        import os
+        import signal as signals
+        from pathlib import Path
+
+        import lightning as L
+
+        class _SignalAt(L.Callback):
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_step == step:
+                    if path:
+                        Path(path).touch()
+                    if kill:
+                        os.kill(os.getpid(), getattr(signals, signal))
+
+        return _SignalAt()

@@ -188,3 +188,87 @@ def test_blend_experiment_outputs_convex_combinations_of_the_sources(tmp_path, f
     assert ((fused >= lo - 1e-3) & (fused <= hi + 1e-3)).all() and (fused - decision_map(sources)).abs().max() > 0.05
     metrics, objects = train(cfg)
     assert objects["trainer"].global_step == 1 and "val/ssim" in metrics
+
+
+def _training_state(module, trainer) -> dict:
+    state = {f"net.{k}": v for k, v in module.net.state_dict().items()}
+    state.update({f"ema.{k}": v for k, v in module.ema.state_dict().items()})
+    for i, s in trainer.optimizers[0].state_dict()["state"].items():
+        state.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in s.items()})
+    return state
+
+
+@pytest.mark.parametrize("stop", [6, 4])  # mid-epoch (4 batches an epoch), and at an epoch's last batch
+def test_an_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(stop, tmp_path, monkeypatch, caplog):
+    """Interrupted (SIGINT) at step 6 (or 4) of 10 and resumed into a new folder: the same batches in the same
+    order, and bit-identical weights, EMA (and its count) and AdamW state at step 10; the bundle the resumed run
+    exports comes from its own checkpoints."""
+    import logging
+
+    from fusiondiff.cli.train import TrainingInterrupted
+    from fusiondiff.training import DiffusionFusionModule
+
+    seen: list[list[str]] = []
+    original = DiffusionFusionModule.training_step
+
+    def recording(self, batch, batch_idx):
+        seen.append(list(batch["name"]))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DiffusionFusionModule, "training_step", recording)
+    common = [*TINY, *SYNTHETIC_TINY, "trainer.max_steps=10"]
+    _, whole = train(compose_config("train", common, tmp_path / "a"))
+    seen_whole, seen[:] = list(seen), []
+    with pytest.raises(TrainingInterrupted, match=f"stopped by SIGINT at step {stop}"):
+        train(compose_config("train", [*common, "+callbacks.stop._target_=helpers.SignalAt", f"+callbacks.stop.step={stop}"],
+                             tmp_path / "b"))  # fmt: skip
+    assert not (tmp_path / "b" / "model.safetensors").exists()  # nothing exported from an interrupted run
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == stop
+    seen_first, seen[:] = list(seen), []
+    with caplog.at_level(logging.INFO):
+        _, resumed = train(compose_config("train", [*common, f"ckpt_path={last}"], tmp_path / "c"))
+    assert len(seen_whole) == 10 and seen_first + seen == seen_whole
+    assert len({tuple(names) for names in seen_whole}) > 3  # really shuffled across epochs
+    a = _training_state(whole["module"], whole["trainer"])
+    c = _training_state(resumed["module"], resumed["trainer"])
+    assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), [k for k in a if not torch.equal(a[k], c[k])]
+    assert resumed["module"].ema.n_averaged.item() == 10
+    exported = [r.getMessage() for r in caplog.records if "exported inference bundle" in r.getMessage()]
+    assert exported and f"(from {tmp_path / 'c' / 'checkpoints'}" in exported[-1]
+
+
+def test_sigint_to_a_training_process_leaves_a_checkpoint_to_resume_from(tmp_path):
+    """Ctrl-C long before the first validation: the process finishes its step, writes last.ckpt at that step,
+    exports nothing, prints one line and exits with 130; training resumes from the checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "started"
+    args = [*TINY, *SYNTHETIC_TINY, "data.train.num_samples=64", "trainer.max_steps=100000",
+            "trainer.check_val_every_n_epoch=null", "trainer.val_check_interval=100000", f"paths.output_dir={tmp_path / 'run'}",
+            "+callbacks.mark._target_=helpers.SignalAt", "+callbacks.mark.step=3", f"+callbacks.mark.path={marker}",
+            "+callbacks.mark.kill=false"]  # fmt: skip
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "train.py"), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]  # (Lightning logs to stderr before)
+    assert lines[-1].startswith("error: training stopped by SIGINT at step") and "Traceback" not in err, err[-2000:]
+    lines = lines[-1:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert step >= 3 and f"at step {step}:" in lines[0] and "resume with ckpt_path=" in lines[0]
+    assert not (tmp_path / "run" / "model.safetensors").exists() and not list(last.parent.glob(".*tmp"))
+    cfg = compose_config("train", [*TINY, *SYNTHETIC_TINY, "data.train.num_samples=64", f"trainer.max_steps={step + 2}",
+                                   f"ckpt_path={last}"], tmp_path / "resumed")  # fmt: skip
+    _, objects = train(cfg)
+    assert objects["trainer"].global_step == step + 2

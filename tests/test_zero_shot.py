@@ -123,3 +123,30 @@ def test_zero_shot_evaluation_suites(prior, tmp_path):
     rows = {r["image"]: r for r in __import__("csv").DictReader((tmp_path / "style" / "per_image.csv").open())}
     assert len(rows) == 10 and float(rows["coffee_to_rocket_r0.00"]["content"]) < 1e-3  # r = 0 reproduces the content
     assert float(rows["coffee_to_rocket_r1.00"]["content"]) > float(rows["coffee_to_rocket_r0.00"]["content"])
+
+
+def test_long_jobs_report_progress_in_a_pipe(prior, images, tmp_path):
+    """Noise fusion and zero-shot inpainting through a real ``infer.py`` whose stdout is a pipe: plain progress
+    lines (k/N network evaluations, elapsed, ETA) that count exactly the network evaluations made."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    hole = np.zeros((24, 20), np.uint8)
+    hole[6:14, 4:12] = 255
+    mask = save_png(tmp_path / "hole.png", hole)
+    infer_py = Path(__file__).resolve().parents[1] / "infer.py"
+    jobs = {
+        # 4 inversion + (4 - 1) fusion + 4 reconstruction evaluations
+        "noise fusion 1/1: network evaluations: 11/11": ["mode=noise_fusion", f"inputs=[{images[0]},{images[1]}]",
+                                                        "fusion.steps=4", "fusion.skip=1", f"output={tmp_path / 'f.png'}"],
+        # repaint, 6 steps, jumps of 2 at levels 2 and 4, one extra pass each: 6 + 2 * 2
+        "inpainting: network evaluations: 10/10": ["mode=inpaint", f"input={images[0]}", f"mask={mask}", "inpaint.steps=6",
+                                                   "inpaint.jump_length=2", "inpaint.resample=2", f"output={tmp_path / 'i.png'}"],
+    }  # fmt: skip
+    for expected, args in jobs.items():
+        proc = subprocess.run([sys.executable, str(infer_py), f"prior={prior}", *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert expected in proc.stdout and "ETA" in proc.stdout, proc.stdout[-2000:]

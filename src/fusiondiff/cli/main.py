@@ -78,7 +78,7 @@ def _boundary(body: Callable[[Any], Any]) -> Callable[[Any], Any]:
             if _debug():
                 raise
             print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(getattr(err, "exit_code", 2))
 
     return guarded
 

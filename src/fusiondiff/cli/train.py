@@ -11,6 +11,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fusiondiff.errors import FusiondiffError
+from fusiondiff.training.interrupt import GracefulInterrupt
+
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +51,28 @@ def bundle_config(cfg: DictConfig) -> dict:
     }
 
 
+class TrainingInterrupted(FusiondiffError):
+    """Training stopped by a signal (after writing its checkpoint); exits with 128 + the signal's number."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        import signal
+
+        super().__init__(message)
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+
+
+def own_best_checkpoint(callback: Any) -> str:
+    """The checkpoint to export: the best one *of this run* (a run resumed into a new folder inherits the old
+    run's ``best_model_path`` from the checkpoint it resumed), else this run's last."""
+    if callback is None or not callback.dirpath:
+        return ""
+    here = Path(callback.dirpath).resolve()
+    for path in (callback.best_model_path, callback.last_model_path, str(Path(callback.dirpath) / "last.ckpt")):
+        if path and Path(path).is_file() and Path(path).resolve().parent == here:
+            return path
+    return ""
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model; returns (final metrics, the objects built)."""
     L.seed_everything(cfg.seed, workers=True)
@@ -64,6 +89,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         bundle_config=bundle_config(cfg),
     )  # fmt: skip
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    checkpoints = next((c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None)
+    interrupt = GracefulInterrupt(checkpoints.dirpath if checkpoints and checkpoints.dirpath else output_dir / "checkpoints")
+    callbacks.append(interrupt)
     logger = False
     if cfg.get("logger"):
         if "Wandb" in str(cfg.logger.get("_target_", "")):
@@ -82,7 +110,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
 
     log.info("network: %.2f M parameters", sum(p.numel() for p in net.parameters()) / 1e6)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    interrupt.install()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        interrupt.uninstall()
+    if interrupt.signal_name is not None:
+        saved = interrupt.checkpoint
+        where = f"saved {saved}; resume with ckpt_path={saved}" if saved else "no training step had finished, nothing saved"
+        raise TrainingInterrupted(f"training stopped by {interrupt.signal_name} at step {trainer.global_step}: {where}",
+                                  interrupt.signal_name)  # fmt: skip
     callback = trainer.checkpoint_callback
     if callback is not None and callback.dirpath and not trainer.fast_dev_run and trainer.global_step > 0:
         # Lightning skips the last save when max_steps ends exactly on an epoch boundary; make
@@ -94,8 +131,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("export") and trainer.is_global_zero and not trainer.fast_dev_run:
         from fusiondiff.models.bundle import export_bundle
 
-        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        ckpt = ckpt or (trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else "")
+        ckpt = own_best_checkpoint(trainer.checkpoint_callback)
         if ckpt:
             bundle = export_bundle(ckpt, output_dir / "model.safetensors")
             log.info("exported inference bundle %s (from %s)", bundle, ckpt)

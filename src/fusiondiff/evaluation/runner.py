@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 
 from fusiondiff.errors import ConfigError
 from fusiondiff.evaluation.core import Evaluation
+from fusiondiff.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -32,37 +32,6 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
-class Progress:
-    """k/N with elapsed time and ETA: a rich bar on a terminal, else a log line every ``every`` seconds."""
-
-    def __init__(self, total: int, what: str, every: float = 10.0) -> None:
-        self.total, self.what, self.every, self.done = total, what, every, 0
-        self.start = self.last = time.perf_counter()
-        self.bar = None
-        if sys.stdout.isatty():
-            from rich.progress import Progress as Bar
-
-            self.bar = Bar()
-            self.bar.start()
-            self.task = self.bar.add_task(what, total=total)
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.advance(self.task)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done == self.total:
-            elapsed = now - self.start
-            eta = elapsed / self.done * (self.total - self.done)
-            log.info("%s: %d/%d, %.0f s elapsed, ETA %.0f s", self.what, self.done, self.total, elapsed, eta)
-            self.last = now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def run(evaluation: Evaluation, out_dir: str | Path, resume: bool = True, save_images: bool = False) -> list[dict[str, Any]]:

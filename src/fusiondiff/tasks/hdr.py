@@ -148,6 +148,7 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
     from fusiondiff.data.io import check_outputs, write_image
     from fusiondiff.metrics.hdr import psnr_l, psnr_mu
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
+    from fusiondiff.progress import eta
 
     if not cfg.input_dir:
         raise ConfigError("mode=hdr needs input_dir=<scene folder or a folder of scene folders (Kalantari layout)>")
@@ -170,6 +171,7 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
     sampler.check(pipe.schedule.num_timesteps)
     for h, w in sizes:
         pipe.check_sources(pipe.num_sources or 3, h, w)
+    begin = time.perf_counter()
     for k, folder in enumerate(todo, 1):
         scene = load_scene(folder, require_hdr=False)
         start = time.perf_counter()
@@ -182,8 +184,8 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
             gt = scene.hdr.clamp(0, 1)
             score = f", PSNR-mu {psnr_mu(radiance, gt).item():.2f} dB, PSNR-L {psnr_l(radiance, gt).item():.2f} dB"
         h, w = radiance.shape[-2:]
-        log.info("[%d/%d] %s (%dx%d) -> %s (%.1f s%s)", k, len(todo), scene.name, w, h, written[-2],
-                 time.perf_counter() - start, score)  # fmt: skip
+        log.info("[%d/%d] %s (%dx%d) -> %s (%.1f s%s, %s)", k, len(todo), scene.name, w, h, written[-2],
+                 time.perf_counter() - start, score, eta(begin, k, len(todo)))  # fmt: skip
     return written
 
 

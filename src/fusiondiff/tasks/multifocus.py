@@ -283,6 +283,7 @@ def fuse(cfg: DictConfig) -> list[Path]:
     from fusiondiff.data.io import check_outputs, write_image
     from fusiondiff.data.pairing import find_samples
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
+    from fusiondiff.progress import eta
 
     if cfg.inputs and cfg.input_dir:
         raise ConfigError("give either inputs=[a,b,...] or input_dir=..., not both")
@@ -309,12 +310,13 @@ def fuse(cfg: DictConfig) -> list[Path]:
         pipe.check_sources(n, h, w)
     log.info("model: %s", cfg.ckpt or "the bundled multi-focus model")
     written = []
+    begin = time.perf_counter()
     for k, (name, paths, out) in enumerate(todo, 1):
         start = time.perf_counter()
         images = loaded if len(todo) == 1 else read_sources(paths, resize=cfg.resize)
         fused = fuse_images(pipe, images, [Path(p).name for p in paths], sampler, seed=cfg.seed, tiling=tiling)
         written.append(write_image(out, fused, bit_depth=cfg.bit_depth))
-        log.info("[%d/%d] %s -> %s (%.1f s)", k, len(todo), name, out, time.perf_counter() - start)
+        log.info("[%d/%d] %s -> %s (%.1f s, %s)", k, len(todo), name, out, time.perf_counter() - start, eta(begin, k, len(todo)))
     return written
 
 

@@ -193,6 +193,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     from fusiondiff.data.io import check_outputs, read_image, write_image
     from fusiondiff.metrics import psnr, ssim
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
+    from fusiondiff.progress import eta
 
     if cfg.input and cfg.input_dir:
         raise ConfigError("give either input=<image> or input_dir=<folder>, not both")
@@ -215,6 +216,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     for h, w in sizes:
         pipe.check_sources(1, h, w)
     written = []
+    begin = time.perf_counter()
     for k, (path, mask_path, out, clean_path) in enumerate(todo, 1):
         sources = load_degraded(path, mask_path, channels=pipe.channels)
         start = time.perf_counter()
@@ -230,7 +232,8 @@ def restore(cfg: DictConfig) -> list[Path]:
                 log.warning("%s: size %s differs from %s's; not scored", clean_path, tuple(clean.shape[1:]), path)
             else:
                 score = f", PSNR {psnr(restored[None], clean).item():.2f} dB, SSIM {ssim(restored[None], clean).item():.4f}"
-        log.info("[%d/%d] restored %s -> %s (%.1f s%s)", k, len(todo), path, out, time.perf_counter() - start, score)
+        took = time.perf_counter() - start
+        log.info("[%d/%d] restored %s -> %s (%.1f s%s, %s)", k, len(todo), path, out, took, score, eta(begin, k, len(todo)))
     return written
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fusiondiff.errors import ConfigError
+from fusiondiff.progress import Progress
 from fusiondiff.tasks.base import Task, register_task
 
 if TYPE_CHECKING:
@@ -177,9 +178,12 @@ def noise_fusion(cfg: DictConfig) -> list[Path]:
     for job, images in zip(jobs, loaded, strict=True):
         prior.check_size(*(images or read_sources(job.images, resize=cfg.resize))[0].shape[-2:])
     written = []
-    for job, images in zip(jobs, loaded, strict=True):
+    for k, (job, images) in enumerate(zip(jobs, loaded, strict=True), 1):
         f = job.fusion
-        fuser = NoiseSpaceFusion(prior, Prompts(f["prompt_src"] or "", f["prompt_tar"], float(f["cfg_src"]), f["cfg_tar"]))
+        evaluations = 2 * f["steps"] - f["skip"] + (f["steps"] if f["save_reconstructions"] else 0)
+        progress = Progress(evaluations, f"noise fusion {k}/{len(jobs)}: network evaluations")
+        prompts = Prompts(f["prompt_src"] or "", f["prompt_tar"], float(f["cfg_src"]), f["cfg_tar"])
+        fuser = NoiseSpaceFusion(prior, prompts, on_step=progress.advance)
         images = images or read_sources(job.images, resize=cfg.resize)
         images = torch.stack([to_channels(im, prior.channels) for im in images])
         mask = load_mask(f["mask"], *images.shape[-2:]) if f["mode"] == "mask" and f["mask"] else None
@@ -206,6 +210,7 @@ def noise_fusion(cfg: DictConfig) -> list[Path]:
                 written.append(write_image(rec_path, recs[i], bit_depth=cfg.bit_depth))
                 score = psnr(recs[i], images[i]).item()
                 log.info("inversion check: %s regenerated with PSNR %.2f dB -> %s", path.name, score, rec_path)
+        progress.close()
     return written
 
 
@@ -241,10 +246,15 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     prior = load_prior(cfg.prior, device=resolve_device(cfg.device))
     image = to_channels(image, prior.channels)
     prompt, guidance = cfg.fusion.prompt_tar or cfg.fusion.prompt_src or "", float(cfg.fusion.cfg_tar or cfg.fusion.cfg_src)
-    fuser = NoiseSpaceFusion(prior, Prompts(prompt, None, guidance))
+    steps, jump = opts.steps, opts.jump_length
+    jumps = (opts.resample - 1) * jump * len(range(jump, steps, jump))  # repaint's resampling passes
+    evaluations = 2 * steps if opts.method == "edit_friendly" else steps + jumps
+    progress = Progress(evaluations, "inpainting: network evaluations")
+    fuser = NoiseSpaceFusion(prior, Prompts(prompt, None, guidance), on_step=progress.advance)
     start = time.perf_counter()
     filled = fuser.inpaint(image, mask, steps=opts.steps, method=opts.method, jump_length=opts.jump_length,
                            resample=opts.resample, eta=opts.eta, seed=cfg.seed)  # fmt: skip
+    progress.close()
     out = write_image(Path(cfg.output), filled, bit_depth=cfg.bit_depth)
     log.info("inpainted %s (%s, %.1f %% hole) -> %s (%.1f s)", cfg.input, opts.method, 100 * mask.mean().item(), out,
              time.perf_counter() - start)  # fmt: skip

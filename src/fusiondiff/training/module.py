@@ -214,11 +214,18 @@ class DiffusionFusionModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        self._update_ema()
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({"train/g_adv": g_adv, "train/d_loss": d_loss}, batch_size=bs)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self._update_ema()
+
+    def _update_ema(self) -> None:
+        """After every optimizer step, inside the step, so that a checkpoint written by any callback at the
+        batch's end (interrupts, ``every_n_train_steps``) holds the EMA of the same step as the weights."""
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 
@@ -249,7 +256,10 @@ class DiffusionFusionModule(L.LightningModule):
             if sources.shape[1] > 0:  # unconditional samples are not meant to match the target
                 self.log("val/psnr", psnr(fused, target).mean().float(), batch_size=bs, sync_dist=True, prog_bar=True)
                 self.log("val/ssim", ssim(fused, target).mean().float(), batch_size=bs, sync_dist=True, prog_bar=True)
-            self.log("val/loss", self.diffusion_loss(batch), batch_size=bs, sync_dist=True)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(self.val_seed + batch_idx)  # the same t and noise at every validation; and
+                loss = self.diffusion_loss(batch)  # validation never moves the training's RNG (exact resume)
+            self.log("val/loss", loss, batch_size=bs, sync_dist=True)
         if batch_idx == 0 and self.num_preview > 0:
             self._log_preview(sources, fused, batch.get("target"))
 
@@ -277,3 +287,41 @@ class DiffusionFusionModule(L.LightningModule):
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["fusiondiff"] = self.bundle_config
+        checkpoint["fusiondiff_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("fusiondiff_rng")
+
+    def on_train_start(self) -> None:
+        """A resumed run continues the RNG stream of the training step (timesteps, noise) where the checkpoint
+        left it; restored here, after the sanity validation, right before the first step."""
+        state, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if state is not None:
+            _set_rng_state(state)
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # as tensors and plain numbers: Lightning loads
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),  # weights_only
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}  # fmt: skip
+    state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

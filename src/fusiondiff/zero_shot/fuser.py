@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,23 @@ class Prompts:
 class NoiseSpaceFusion:
     """Invert, fuse and regenerate with one prior; the chain state is float64 unless ``dtype`` says otherwise."""
 
-    def __init__(self, prior: Prior, prompts: Prompts | None = None, dtype: torch.dtype = torch.float64) -> None:
-        self.prior, self.prompts, self.dtype = prior, prompts or Prompts(), dtype
+    def __init__(
+        self, prior: Prior, prompts: Prompts | None = None, dtype: torch.dtype = torch.float64, on_step: Any = None
+    ) -> None:
+        """``on_step``: called with no arguments after every network evaluation (progress bars)."""
+        self.prior, self.prompts, self.dtype, self.on_step = prior, prompts or Prompts(), dtype, on_step
+
+    def _denoiser(self, prompt: str, guidance: float) -> Any:
+        den = self.prior.denoiser(prompt, guidance)
+        if self.on_step is None:
+            return den
+
+        def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+            out = den(*args, **kwargs)
+            self.on_step()
+            return out
+
+        return counted
 
     @torch.inference_mode()
     def invert(self, images: torch.Tensor, steps: int = 50, eta: float = 1.0, seed: int = 0) -> Inversion:
@@ -61,13 +77,13 @@ class NoiseSpaceFusion:
         z0 = self.prior.encode(images.to(self.prior.device, torch.float32)).to(self.dtype)
         ts = inversion_timesteps(self.prior.schedule.num_timesteps, steps)
         gen = torch.Generator(device=self.prior.device).manual_seed(seed)
-        den = self.prior.denoiser(self.prompts.src, self.prompts.cfg_src)
+        den = self._denoiser(self.prompts.src, self.prompts.cfg_src)
         return invert(den, self.prior.schedule, z0, ts, eta=eta, generator=gen, clip_x0=self.prior.clip_x0)
 
     def _regenerate(
         self, x_start: torch.Tensor, zs: torch.Tensor, inv: Inversion, skip: int, callback=None, decode: bool = True
     ) -> torch.Tensor:
-        den = self.prior.denoiser(*self.prompts.target())
+        den = self._denoiser(*self.prompts.target())
         z = regenerate(
             den, self.prior.schedule, x_start, zs, inv.timesteps, eta=inv.eta, skip=skip, clip_x0=inv.clip_x0, callback=callback
         )
@@ -148,7 +164,7 @@ class NoiseSpaceFusion:
             m = F.adaptive_max_pool2d(m, z0.shape[-2:])
         ts = inversion_timesteps(self.prior.schedule.num_timesteps, steps)
         gen = torch.Generator(device=device).manual_seed(seed)
-        den = self.prior.denoiser(*self.prompts.target())
+        den = self._denoiser(*self.prompts.target())
         if method == "repaint":
             z = repaint(den, self.prior.schedule, z0, m, ts, eta=eta, jump_length=jump_length, resample=resample,
                         generator=gen, clip_x0=self.prior.clip_x0)  # fmt: skip
