@@ -189,3 +189,54 @@ def test_bad_input_matrix_through_infer_py(tmp_path):
         for root in folders.values():
             _unlock(root / "locked")
     assert not problems, problems
+
+
+OTHER_CASES = {
+    # (command, arguments, a fragment of the message)
+    "train_missing_data": ("train", ["data=paired_folder", "data.train.root={dir}/nowhere"], "dataset folder not found"),
+    "train_unpaired_data": ("train", ["data=paired_folder", "data.train.root={dir}/unpaired"], "lack a partner image"),
+    "train_missing_ckpt": ("train", ["ckpt_path={dir}/none.ckpt"], "no such checkpoint"),
+    "train_steps_zero": ("train", ["sampler.steps=0"], "sampler.steps must be >= 1"),
+    "train_bad_width": ("train", ["model.base_channels=-3"], "model.base_channels must be"),
+    "train_unknown_key": ("train", ["trainer.max_stepz=3"], "unknown key 'trainer.max_stepz'"),
+    "train_bad_trainer_value": ("train", ["trainer.max_steps=abc"], "lightning.pytorch.trainer.trainer.Trainer"),
+    "evaluate_unknown_method": ("evaluate", ["suite=synthetic", "methods=[nope]"], "unknown method 'nope'"),
+    "evaluate_unknown_metric": ("evaluate", ["suite=synthetic", "metrics=[nope]"], "nope"),
+    "evaluate_missing_dataset": ("evaluate", ["dataset={dir}/nowhere"], "not found"),
+    "evaluate_unknown_task": ("evaluate", ["task=nope"], "Could not find 'task/nope'"),
+    "hub_prior_offline": ("infer", ["mode=noise_fusion", "prior=nobody/no-such-model", "inputs=[{a},{b}]"],
+                          "cannot load the diffusers pipeline 'nobody/no-such-model'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_CASES))
+def test_bad_settings_of_train_evaluate_and_priors(case, case_folder, capsys, monkeypatch):
+    """train / evaluate / a hub prior through their CLI functions: one error line, exit 2, nothing changed."""
+    from fusiondiff.cli import main
+    from fusiondiff.cli.evaluate import evaluate
+    from fusiondiff.cli.infer import infer
+    from fusiondiff.cli.train import train
+
+    from helpers import SYNTHETIC_TINY, TINY, compose_config
+
+    root, a, b, _ = case_folder
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Lightning's log handlers hold the stderr of an earlier test's capture (closed): not this test's business
+    monkeypatch.setattr(__import__("logging"), "raiseExceptions", False)
+    command, args, fragment = OTHER_CASES[case]
+    args = [arg.format(a=a, b=b, dir=root) for arg in args]
+    synthetic = [] if any(arg.startswith("data=") for arg in args) else SYNTHETIC_TINY
+    base = {"train": [*TINY, *synthetic, f"paths.output_dir={root}/run"], "evaluate": [f"output_dir={root}/eval"],
+            "infer": [f"output={root}/out/fused.png"]}[command]  # fmt: skip
+    body = {"train": train, "evaluate": evaluate, "infer": infer}[command]
+    before = snapshot(root)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main._check_overrides(command, [*base, *args])
+        main._boundary(body)(compose_config(command, [*base, *args]))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert exit_.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err[-1500:]
+    assert fragment in lines[0], lines[0]
+    assert snapshot(root) == before

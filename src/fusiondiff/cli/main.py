@@ -68,19 +68,37 @@ def _boundary(body: Callable[[Any], Any]) -> Callable[[Any], Any]:
     keep theirs."""
     import functools
 
-    from fusiondiff.errors import FusiondiffError
-
     @functools.wraps(body)
     def guarded(cfg: Any) -> Any:
         try:
             return body(cfg)
-        except FusiondiffError as err:
-            if _debug():
+        except Exception as err:
+            user_error = _user_error(err)
+            if user_error is None or _debug():
                 raise
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(getattr(err, "exit_code", 2))
+            print(f"error: {user_error}", file=sys.stderr)
+            sys.exit(getattr(user_error, "exit_code", 2))
 
     return guarded
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The user-fixable error behind ``err``, or None for a bug. Hydra's ``instantiate`` wraps what a
+    constructor raises: our own errors, a keyword the class does not take (a mistyped config key) and
+    Lightning's misconfiguration errors are all settings the user can fix."""
+    from hydra.errors import InstantiationException
+
+    from fusiondiff.errors import ConfigError, FusiondiffError
+
+    if isinstance(err, FusiondiffError):
+        return err
+    if isinstance(err, InstantiationException):
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, FusiondiffError):
+            return cause
+        if isinstance(cause, TypeError) or type(cause).__name__ == "MisconfigurationException":
+            return ConfigError(" ".join(str(err).split()))
+    return None
 
 
 def train_main() -> Any:

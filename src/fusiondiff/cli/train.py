@@ -11,7 +11,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fusiondiff.errors import FusiondiffError
+from fusiondiff.errors import FusiondiffError, MissingModelFileError
 from fusiondiff.training.interrupt import GracefulInterrupt
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,13 @@ def own_best_checkpoint(callback: Any) -> str:
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the configured model; returns (final metrics, the objects built)."""
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(cfg.paths.output_dir)  # created once the data, model and trainer are built (checks first)
 
+    resume = cfg.get("ckpt_path")
+    if resume and not Path(resume).is_file():
+        raise MissingModelFileError(f"ckpt_path={resume}: no such checkpoint (a run's checkpoints/last.ckpt or best-*.ckpt)")
     datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")  # build the datasets now: a missing or unpaired folder fails before anything runs
     net = instantiate(cfg.model)
     schedule = instantiate(cfg.diffusion)
     # _partial_ so that plain objects (network, schedule, the bundle dict with its _target_) are
@@ -110,6 +113,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, **overrides)
 
     log.info("network: %.2f M parameters", sum(p.numel() for p in net.parameters()) / 1e6)
+    output_dir.mkdir(parents=True, exist_ok=True)
     interrupt.install()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

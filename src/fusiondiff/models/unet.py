@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fusiondiff.errors import ConfigError
 from fusiondiff.focus import focus_features
 
 
@@ -100,10 +101,13 @@ class ConditionalUNet(nn.Module):
     ) -> None:
         super().__init__()
         if num_sources < 0 or image_channels < 1 or not channel_mult or num_res_blocks < 1:
-            raise ValueError("need image_channels >= 1, num_sources >= 0, channel_mult non-empty, num_res_blocks >= 1")
+            raise ConfigError("model: need image_channels >= 1, num_sources >= 0, channel_mult non-empty, num_res_blocks >= 1")
+        if base_channels < 2 or base_channels % 2 or any(m < 1 for m in channel_mult):
+            raise ConfigError(f"model.base_channels must be even and >= 2 (the time embedding) and channel_mult >= 1, got "
+                              f"{base_channels} and {list(channel_mult)}")  # fmt: skip
         bad = [a for a in attention_levels if not 0 <= a < len(channel_mult)]
         if bad:
-            raise ValueError(f"attention_levels {bad} out of range 0..{len(channel_mult) - 1}")
+            raise ConfigError(f"attention_levels {bad} out of range 0..{len(channel_mult) - 1}")
         self.image_channels = image_channels
         self.num_sources = num_sources
         self.source_channels = image_channels if source_channels is None else source_channels

@@ -97,7 +97,8 @@ class DiffusionFusionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         sampler = sampler if isinstance(sampler, SamplerConfig) else SamplerConfig.from_config(sampler)
-        self.sampler = replace(sampler, steps=sampler.steps or DEFAULT_STEPS).check(schedule.num_timesteps)
+        sampler.check(schedule.num_timesteps)  # before the default fills in: sampler.steps=0 is refused
+        self.sampler = replace(sampler, steps=sampler.steps or DEFAULT_STEPS)
         self.prediction, self.residual = check_prediction(prediction), residual
         if image_loss_weight < 0:
             raise ValueError(f"image_loss_weight must be >= 0, got {image_loss_weight}")

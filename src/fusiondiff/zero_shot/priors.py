@@ -224,7 +224,22 @@ def load_prior(spec: str | Path | None = None, device: str | torch.device = "cpu
     local = Path(spec)
     if local.exists() and not (local / "model_index.json").is_file():
         raise MissingModelFileError(f"{local} is not a diffusers pipeline directory (no model_index.json)")
-    pipe = DiffusionPipeline.from_pretrained(str(spec), dtype=dtype)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # offline, it prints retries and fallbacks before failing
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(spec), dtype=dtype)
+    except (OSError, ValueError) as err:  # not cached and no network, no such repo, a broken folder
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = first if len(first) <= 160 else first[:157] + "..."
+        where = "the folder" if local.exists() else "the hub id (it is neither a local folder nor in the Hugging Face cache)"
+        raise MissingModelFileError(
+            f"cannot load the diffusers pipeline {spec!r} ({first}); check {where}, or give a local pipeline folder "
+            "(save_pretrained) or one of our .safetensors priors"
+        ) from err
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     pipe = pipe.to(device)
     if getattr(pipe, "vae", None) is not None and getattr(pipe, "text_encoder", None) is not None:
         return StableDiffusionPrior(pipe, name=f"Stable Diffusion {spec}")
