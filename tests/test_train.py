@@ -234,6 +234,7 @@ def test_an_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one
     c = _training_state(resumed["module"], resumed["trainer"])
     assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), [k for k in a if not torch.equal(a[k], c[k])]
     assert resumed["module"].ema.n_averaged.item() == 10
+    assert any("training steps" in r.getMessage() and "10/10" in r.getMessage() for r in caplog.records)  # in a pipe
     exported = [r.getMessage() for r in caplog.records if "exported inference bundle" in r.getMessage()]
     assert exported and f"(from {tmp_path / 'c' / 'checkpoints'}" in exported[-1]
 

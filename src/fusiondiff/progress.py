@@ -15,8 +15,9 @@ log = logging.getLogger("fusiondiff")
 class Progress:
     """k/N with elapsed time and ETA; ``advance()`` after each unit of work, ``close()`` (or ``with``) at the end."""
 
-    def __init__(self, total: int, what: str, every: float = 10.0) -> None:
-        self.total, self.what, self.every, self.done = max(int(total), 1), what, every, 0
+    def __init__(self, total: int, what: str, every: float = 10.0, done: int = 0) -> None:
+        """``done``: units finished before this progress started (a resumed job); the ETA uses only the new ones."""
+        self.total, self.what, self.every, self.done, self.first = max(int(total), 1), what, every, done, done
         self.start = self.last = time.perf_counter()
         self.bar = None
         if sys.stdout.isatty():
@@ -24,7 +25,7 @@ class Progress:
 
             self.bar = Bar()
             self.bar.start()
-            self.task = self.bar.add_task(what, total=self.total)
+            self.task = self.bar.add_task(what, total=self.total, completed=done)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
@@ -34,7 +35,7 @@ class Progress:
         now = time.perf_counter()
         if now - self.last >= self.every or self.done == self.total:
             elapsed = now - self.start
-            eta = elapsed / self.done * max(self.total - self.done, 0)
+            eta = elapsed / max(self.done - self.first, 1) * max(self.total - self.done, 0)
             log.info("%s: %d/%d, %.0f s elapsed, ETA %.0f s", self.what, self.done, self.total, elapsed, eta)
             self.last = now
 

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fusiondiff.errors import FusiondiffError, MissingModelFileError
-from fusiondiff.training.interrupt import GracefulInterrupt
+from fusiondiff.training.callbacks import GracefulInterrupt, PlainProgress
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     checkpoints = next((c for c in callbacks if isinstance(c, L.pytorch.callbacks.ModelCheckpoint)), None)
     interrupt = GracefulInterrupt(checkpoints.dirpath if checkpoints and checkpoints.dirpath else output_dir / "checkpoints")
-    callbacks.append(interrupt)
+    callbacks += [interrupt, PlainProgress()]
     logger = False
     if cfg.get("logger"):
         if "Wandb" in str(cfg.logger.get("_target_", "")):

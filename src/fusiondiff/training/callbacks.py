@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM during training: finish the current step, write ``last.ckpt`` at that step (atomically),
-stop, and export nothing; the run resumes from there with ``ckpt_path=<run>/checkpoints/last.ckpt``."""
+"""Training callbacks that every run gets (cli/train.py adds them): :class:`GracefulInterrupt` (Ctrl-C and SIGTERM
+finish the current step, write ``last.ckpt`` at that step atomically, stop and export nothing; the run resumes
+with ``ckpt_path=<run>/checkpoints/last.ckpt``) and :class:`PlainProgress` (log lines when stdout is no terminal)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+from fusiondiff.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +60,29 @@ class GracefulInterrupt(L.Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.uninstall()
+
+
+class PlainProgress(L.Callback):
+    """Step k/N, the loss, elapsed time and ETA as a log line every ``every`` seconds when stdout is not a
+    terminal (``train.py ... | tee log``, CI, nohup), where the rich bar shows nothing until the end."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every, self.progress = every, None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import sys
+
+        if sys.stdout.isatty():
+            return
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        self.progress = Progress(int(total), "training steps", every=self.every, done=trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.progress is not None:
+            loss = trainer.callback_metrics.get("train/loss")
+            self.progress.what = "training steps" + (f" (loss {float(loss):.4g})" if loss is not None else "")
+            self.progress.advance(trainer.global_step - self.progress.done)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.progress is not None:
+            self.progress.close()
