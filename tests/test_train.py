@@ -239,9 +239,11 @@ def test_an_interrupted_and_resumed_run_is_bit_identical_to_an_uninterrupted_one
     assert exported and f"(from {tmp_path / 'c' / 'checkpoints'}" in exported[-1]
 
 
-def test_sigint_to_a_training_process_leaves_a_checkpoint_to_resume_from(tmp_path):
-    """Ctrl-C long before the first validation: the process finishes its step, writes last.ckpt at that step,
-    exports nothing, prints one line and exits with 130; training resumes from the checkpoint."""
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_sigint_to_a_training_process_leaves_a_checkpoint_to_resume_from(name, code, tmp_path):
+    """Ctrl-C (or a scheduler's SIGTERM) long before the first validation: the process finishes its step, writes
+    last.ckpt at that step, exports nothing, prints one line and exits with 128 + the signal; training resumes
+    from the checkpoint."""
     import signal
     import subprocess
     import sys
@@ -259,11 +261,11 @@ def test_sigint_to_a_training_process_leaves_a_checkpoint_to_resume_from(tmp_pat
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, name))
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     lines = [line for line in err.splitlines() if line.strip()]  # (Lightning logs to stderr before)
-    assert lines[-1].startswith("error: training stopped by SIGINT at step") and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith(f"error: training stopped by {name} at step") and "Traceback" not in err, err[-2000:]
     lines = lines[-1:]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     step = torch.load(last, weights_only=False)["global_step"]
