@@ -82,7 +82,7 @@ def test_blend_prediction_copies_sources_where_the_weights_saturate():
     fused = blend_sources(logits, sources)
     torch.testing.assert_close(fused[..., :4], sources[:, 0, :, :, :4])
     torch.testing.assert_close(fused[..., 4:], sources[:, 1, :, :, 4:])
-    with pytest.raises(ValueError, match="one output channel per source"):
+    with pytest.raises(ValueError, match="output channels for 2 sources"):
         blend_sources(torch.zeros(1, 3, 8, 8), sources)
     sched = make_schedule("cosine", 100)
     den = EpsDenoiser(lambda x, t, c: logits.expand(x.shape[0], -1, -1, -1), sched, "blend")

@@ -111,6 +111,7 @@ class PairedFolderDataset(Dataset):
         augment: random flips and rotations (and random rather than centre crops).
         require_target: fail if any sample lacks ground truth (training does).
         seed: base seed for deterministic augmentation (None: from torch's global RNG).
+        exclude: sample names left out (photos held out for a benchmark).
     """
 
     def __init__(
@@ -121,10 +122,12 @@ class PairedFolderDataset(Dataset):
         augment: bool = False,
         require_target: bool = False,
         seed: int | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
         _check_channels_arg(channels)
         self.root = Path(root)
-        self.samples: list[Sample] = find_samples(self.root, require_target=require_target)
+        left_out = set(exclude)
+        self.samples: list[Sample] = [s for s in find_samples(self.root, require_target=require_target) if s.name not in left_out]
         self.channels, self.crop_size, self.augment, self.seed = channels, crop_size, augment, seed
         self._aug = PairedAugment(crop_size, flip=augment, rotate=augment)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusiondiff.diffusion.schedules import NoiseSchedule, _gather
@@ -26,20 +27,37 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
-def blend_sources(logits: torch.Tensor, sources: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
-    """x̂0 = Σ_i softmax(logits)_i · source_i: logits [B, N, H, W] (one weight map per source), sources
-    [B, N, C, H, W] -> [B, C, H, W]. The ``blend`` prediction: every output pixel is a convex combination of
-    the sources at that pixel (where the weights saturate, a source pixel is copied exactly).
+def disagreement_gate(sources: torch.Tensor, scale: float = 0.1) -> torch.Tensor:
+    """Where the sources [B, N, C, H, W] disagree: (max - min over sources, max over channels) / ``scale``,
+    clipped to [0, 1] and widened by one pixel (3x3 max), [B, 1, H, W]. Zero where they agree to within
+    ``scale`` · 0 (exactly equal), so a gated correction there is exactly zero."""
+    spread = (sources.amax(1) - sources.amin(1)).amax(1, keepdim=True)
+    return F.max_pool2d((spread / scale).clamp(0, 1), 3, stride=1, padding=1)
+
+
+def blend_sources(out: torch.Tensor, sources: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """x̂0 = Σ_i softmax(logits)_i · source_i [+ gate · residual]: ``out`` [B, N, H, W] (one weight map per
+    source) or [B, N + C, H, W] (the weight maps and a C-channel correction), sources [B, N, C, H, W] ->
+    [B, C, H, W]. The ``blend`` prediction: with N channels every output pixel is a convex combination of the
+    sources (where the weights saturate, a source pixel is copied exactly); with N + C the correction may
+    leave that hull, but only where the sources disagree (:func:`disagreement_gate`): at focus boundaries,
+    where the defocus of one source spreads over the other's blurred background and no source holds the
+    right pixels. Where the sources agree the output is still their blend.
 
     ``prior`` [B, N, H, W] is added to the logits (the "residual" of blend models lives in logit space; the
     multi-focus task's ``decision_map`` prior makes a zero network output reproduce the decision map).
     """
-    if logits.shape[1] != sources.shape[1]:
-        raise ValueError(f"blend prediction needs one output channel per source ({sources.shape[1]}), got {logits.shape[1]}")
+    n, c = sources.shape[1], sources.shape[2]
+    if out.shape[1] not in (n, n + c):
+        raise ValueError(f"blend prediction needs {n} (or {n} + {c}) output channels for {n} sources, got {out.shape[1]}")
+    logits, residual = out[:, :n], (out[:, n:] if out.shape[1] > n else None)
     if prior is not None:
         logits = logits + prior.to(logits.dtype)
     weights = torch.softmax(logits.float(), dim=1).to(sources.dtype)
-    return (weights[:, :, None] * sources).sum(1)
+    fused = (weights[:, :, None] * sources).sum(1)
+    if residual is not None:
+        fused = fused + disagreement_gate(sources).to(residual.dtype) * residual
+    return fused
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,6 @@ HDR_METRICS = {
     "lpips_mu": hdr.lpips_mu,
 }
 # every metric name whose smaller values are better (tables, bold marks, paired wins): the one list
-LOWER_IS_BETTER = {"lpips", "lpips_vgg", "lpips_mu", "content", "style"} | fusion.LOWER_IS_BETTER
+LOWER_IS_BETTER = {"lpips", "lpips_band", "lpips_vgg", "lpips_mu", "content", "style"} | fusion.LOWER_IS_BETTER
 
 __all__ = ["HDR_METRICS", "LOWER_IS_BETTER", "REFERENCE_METRICS", "fusion", "hdr", "load_lpips", "lpips_distance", "psnr", "ssim"]

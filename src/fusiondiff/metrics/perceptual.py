@@ -81,8 +81,11 @@ def load_lpips(net: str = "alex", weights: str | None = None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def lpips_distance(fused: torch.Tensor, target: torch.Tensor, net: str = "alex", weights: str | None = None) -> torch.Tensor:
-    """LPIPS distance, inputs [B, 3, H, W] or [3, H, W] (gray is replicated) in [-1, 1]; lower is more similar."""
+def lpips_distance(
+    fused: torch.Tensor, target: torch.Tensor, net: str = "alex", weights: str | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """LPIPS distance, inputs [B, 3, H, W] or [3, H, W] (gray is replicated) in [-1, 1]; lower is more similar.
+    ``mask`` (1 = scored): LPIPS's spatial map (at the input size) averaged over those pixels."""
     if fused.shape != target.shape:
         raise ValueError(f"fused {tuple(fused.shape)} and target {tuple(target.shape)} differ in shape")
     unbatched = fused.dim() == 3
@@ -99,5 +102,15 @@ def lpips_distance(fused: torch.Tensor, target: torch.Tensor, net: str = "alex",
         fused, target = fused.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
     model = load_lpips(net, weights).to(fused.device)
     with torch.no_grad():
-        d = model(fused.float(), target.float()).flatten().double()
+        if mask is None:
+            d = model(fused.float(), target.float()).flatten().double()
+        else:
+            from fusiondiff.metrics.reference import _mask, masked_mean
+
+            model.spatial = True  # lpips's own switch: per-layer maps upsampled to the input size, summed
+            try:
+                spatial = model(fused.float(), target.float()).double()  # [B, 1, H, W]
+            finally:
+                model.spatial = False
+            d = masked_mean(spatial, _mask(mask, spatial))
     return d[0] if unbatched else d

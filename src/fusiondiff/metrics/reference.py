@@ -26,21 +26,45 @@ def _pair(fused: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torc
     return fused.double(), target.double(), unbatched
 
 
-def psnr(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio 10 log10(R^2 / MSE) in dB over all channels; inf for identical images."""
+def _mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A region mask [H, W], [1, H, W] or [B, 1, H, W] as float64 [B, 1, H, W] (None: the whole image)."""
+    if mask is None:
+        return None
+    m = mask.double().to(like.device)
+    while m.dim() < 4:
+        m = m[None]
+    if m.shape[-2:] != like.shape[-2:]:
+        raise ValueError(f"mask is {tuple(m.shape[-2:])}, the images are {tuple(like.shape[-2:])}")
+    if (m.flatten(1).sum(1) == 0).any():
+        raise ValueError("the mask selects no pixel")
+    return m.expand(like.shape[0], 1, *like.shape[-2:])
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-image mean of [B, C, H, W] values over all channels and the pixels of ``mask`` (all without)."""
+    if mask is None:
+        return values.flatten(1).mean(1)
+    weights = mask.expand_as(values)
+    return (values * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)
+
+
+def psnr(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Peak signal-to-noise ratio 10 log10(R^2 / MSE) in dB over all channels; inf for identical images.
+    ``mask`` (1 = scored): the MSE over those pixels only (e.g. a boundary band)."""
     x, y, unbatched = _pair(fused, target)
-    mse = (x - y).pow(2).flatten(1).mean(1)
+    mse = masked_mean((x - y).pow(2), _mask(mask, x))
     out = 10 * torch.log10(data_range**2 / mse)
     return out[0] if unbatched else out
 
 
-def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """SSIM (Wang et al. 2004) with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03.
 
     Borders: the local statistics are computed only where the whole window fits ('valid'),
     which equals scikit-image's ``structural_similarity(gaussian_weights=True,
     use_sample_covariance=False)``, whose map is averaged after cropping the same 5-pixel border.
-    Images must be at least 11 x 11.
+    Images must be at least 11 x 11. ``mask``: the SSIM map averaged over those pixels (the windows centred
+    on them).
     """
     x, y, unbatched = _pair(fused, target)
     b, c, h, w = x.shape
@@ -55,5 +79,6 @@ def ssim(fused: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> 
     mx, my = filt(x), filt(y)
     vx, vy, cxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
     smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    out = smap.flatten(2).mean(2).mean(1)
+    m = _mask(mask, x)
+    out = masked_mean(smap, None if m is None else m[..., 5:-5, 5:-5])
     return out[0] if unbatched else out
