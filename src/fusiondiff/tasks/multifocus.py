@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from fusiondiff.errors import ConfigError
+from fusiondiff.errors import ConfigError, InputError
 from fusiondiff.filters import blur, box_mean, gaussian_kernel, guided_filter
 from fusiondiff.focus import decision_weights, gray, select_max
 from fusiondiff.models.bundle import ASSETS
@@ -42,11 +42,11 @@ def _batched(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
         if sources.dim() == 4:
             return wrapper(sources[None], **kwargs)[0]
         if sources.dim() != 5 or sources.shape[1] < 2 or sources.shape[2] not in (1, 3):
-            raise ConfigError(
+            raise InputError(
                 f"sources must be [N, C, H, W] or [B, N, C, H, W] with N >= 2 and C in (1, 3), got {tuple(sources.shape)}"
             )
         if not torch.isfinite(sources).all():
-            raise ConfigError("sources contain NaN or Inf")
+            raise InputError("sources contain NaN or Inf")
         return fn(sources.float(), **kwargs).clamp(-1, 1)
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
