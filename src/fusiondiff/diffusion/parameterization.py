@@ -29,8 +29,8 @@ def check_prediction(prediction: str) -> str:
 
 def disagreement_gate(sources: torch.Tensor, scale: float = 0.1) -> torch.Tensor:
     """Where the sources [B, N, C, H, W] disagree: (max - min over sources, max over channels) / ``scale``,
-    clipped to [0, 1] and widened by one pixel (3x3 max), [B, 1, H, W]. Zero where they agree to within
-    ``scale`` · 0 (exactly equal), so a gated correction there is exactly zero."""
+    clipped to [0, 1] and widened by one pixel (3x3 max), [B, 1, H, W]. Zero only where the sources are equal
+    (in a 3x3 neighbourhood), so a gated correction is exactly zero there."""
     spread = (sources.amax(1) - sources.amin(1)).amax(1, keepdim=True)
     return F.max_pool2d((spread / scale).clamp(0, 1), 3, stride=1, padding=1)
 
@@ -40,9 +40,9 @@ def blend_sources(out: torch.Tensor, sources: torch.Tensor, prior: torch.Tensor 
     source) or [B, N + C, H, W] (the weight maps and a C-channel correction), sources [B, N, C, H, W] ->
     [B, C, H, W]. The ``blend`` prediction: with N channels every output pixel is a convex combination of the
     sources (where the weights saturate, a source pixel is copied exactly); with N + C the correction may
-    leave that hull, but only where the sources disagree (:func:`disagreement_gate`): at focus boundaries,
-    where the defocus of one source spreads over the other's blurred background and no source holds the
-    right pixels. Where the sources agree the output is still their blend.
+    leave that hull where the sources disagree (:func:`disagreement_gate`), which includes the focus
+    boundaries where no source holds the right pixels, but on real pairs also most textured areas (one
+    source is blurred there; NOTES.md, session 8). Where the sources agree the output is still their blend.
 
     ``prior`` [B, N, H, W] is added to the logits (the "residual" of blend models lives in logit space; the
     multi-focus task's ``decision_map`` prior makes a zero network output reproduce the decision map).

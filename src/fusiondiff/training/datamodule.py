@@ -1,11 +1,11 @@
 """LightningDataModule: train/val datasets, split and loaders, with a training data stream that resumes exactly.
 
 The training order is a pure function of (seed, epoch): :class:`EpochShuffle` draws each epoch's permutation
-from its own generator, and every sample's random draws (crops, flips, generated blur) come from a generator
-seeded by (seed, epoch, index) (:class:`EpochSeeded`), never from torch's global RNG, which the training
-step's noise uses. A run resumed mid-epoch skips the batches it already trained on, so it sees exactly the
-batches the uninterrupted run sees (Lightning prefetches a batch ahead; with the global RNG in the data, that
-prefetch alone made resumed runs differ).
+from its own generator, and every sample is loaded with torch's global RNG seeded by (seed, epoch, index) and
+restored afterwards (:class:`EpochSeeded`), so its random draws (crops, flips, generated blur) repeat exactly
+and never move the RNG stream of the training step's noise. A run resumed mid-epoch skips the batches it
+already trained on, so it sees exactly the batches the uninterrupted run sees (Lightning prefetches a batch
+ahead; with the global RNG in the data, that prefetch alone made resumed runs differ).
 """
 
 from __future__ import annotations
