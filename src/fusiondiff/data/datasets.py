@@ -36,9 +36,7 @@ def read_sources(paths: Sequence[str | Path], resize: bool = False) -> list[torc
     images = [read_image(p) for p in paths]
     sizes = [tuple(im.shape[-2:]) for im in images]
     if len(set(sizes)) > 1:
-        if not resize:
-            listing = ", ".join(f"{Path(p).name}: {h}x{w}" for p, (h, w) in zip(paths, sizes, strict=True))
-            raise ImageError(f"source images differ in size ({listing}); align/crop them, or opt in to resize=true")
+        _check_sizes(paths, sizes, resize)
         h, w = sizes[0]
         log.warning("resizing sources to %dx%d (the size of %s)", h, w, Path(paths[0]).name)
         images = [
@@ -48,6 +46,26 @@ def read_sources(paths: Sequence[str | Path], resize: bool = False) -> list[torc
             for im in images
         ]
     return images
+
+
+def _check_sizes(paths: Sequence[str | Path], sizes: list[tuple[int, int]], resize: bool) -> None:
+    if len(set(sizes)) > 1 and not resize:
+        listing = ", ".join(f"{Path(p).name}: {h}x{w}" for p, (h, w) in zip(paths, sizes, strict=True))
+        if len(listing) > 300:
+            listing = listing[:300] + " ..."
+        raise ImageError(f"source images differ in size ({listing}); align/crop them, or opt in to resize=true")
+
+
+def check_source_files(paths: Sequence[str | Path], resize: bool = False) -> tuple[int, int, int]:
+    """Decode N >= 2 source files one at a time (the checks of :func:`read_sources`, in bounded memory:
+    a 50-frame stack is never held at once); (N, H, W) of the first."""
+    from fusiondiff.data.io import read_array
+
+    if len(paths) < 2:
+        raise InputError(f"fusion needs at least 2 source images, got {len(paths)}")
+    sizes = [tuple(read_array(p).shape[:2]) for p in paths]
+    _check_sizes(paths, sizes, resize)
+    return (len(paths), *sizes[0])
 
 
 def load_sources(paths: Sequence[str | Path], channels: int | None = None, resize: bool = False) -> torch.Tensor:

@@ -35,6 +35,12 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     (ITU-R BT.601 luma). An alpha channel is dropped if fully opaque; otherwise it is an error,
     because dropping it would change the picture.
     """
+    return to_channels(array_to_tensor(read_array(path)), channels, name=str(path))
+
+
+def read_array(path: str | os.PathLike) -> np.ndarray:
+    """The checked pixels of an image file as stored: [H, W, C] uint8 or uint16, C in (1, 3), RGB order
+    (the checks of :func:`read_image`)."""
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"image not found: {path}")
@@ -43,20 +49,17 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ImageError(f"cannot decode {path}: not an image file or corrupt (supported: {', '.join(IMAGE_EXTENSIONS)})")
-    if img.dtype == np.uint8:
-        scale = 255.0
-    elif img.dtype == np.uint16:
-        scale = 65535.0
-    else:
+    if img.dtype not in (np.uint8, np.uint16):
         raise ImageError(
             f"{path} has sample type {img.dtype}; only 8- and 16-bit integer images are read here "
             "(convert floating-point/HDR data with the HDR tools)"
         )
+    opaque = 255 if img.dtype == np.uint8 else 65535
     if img.ndim == 2:
         img = img[:, :, None]
     if img.shape[2] == 4:
         alpha = img[:, :, 3]
-        if alpha.min() < (255 if scale == 255.0 else 65535):
+        if alpha.min() < opaque:
             raise ImageError(
                 f"{path} has a transparent alpha channel; flatten it onto a background first "
                 "(e.g. PIL: Image.alpha_composite, or ImageMagick: -background white -flatten)"
@@ -64,13 +67,19 @@ def read_image(path: str | os.PathLike, channels: int | None = None) -> torch.Te
         log.info("%s: dropping its fully opaque alpha channel", path)
         img = img[:, :, :3]
     elif img.shape[2] == 2:  # gray + alpha
-        if img[:, :, 1].min() < (255 if scale == 255.0 else 65535):
+        if img[:, :, 1].min() < opaque:
             raise ImageError(f"{path} has a transparent alpha channel; flatten it onto a background first")
         img = img[:, :, :1]
     if img.shape[2] == 3:
         img = img[:, :, ::-1]  # OpenCV's BGR -> RGB
+    return np.ascontiguousarray(img)
+
+
+def array_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """[H, W, C] uint8/uint16 (or [h, w, C] crops of it) -> float32 [C, H, W] in [-1, 1]."""
+    scale = 255.0 if img.dtype == np.uint8 else 65535.0
     tensor = torch.from_numpy(np.ascontiguousarray(img).astype(np.float32) / scale).permute(2, 0, 1)
-    return to_channels(tensor * 2.0 - 1.0, channels, name=str(path))
+    return tensor * 2.0 - 1.0
 
 
 def _check_complete(path: Path, data: bytes) -> None:
@@ -143,8 +152,12 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> Path:
     return path
 
 
-def write_image(path: str | os.PathLike, image: torch.Tensor, bit_depth: int = 8) -> Path:
-    """Write [C, H, W] in [-1, 1] as an 8- or 16-bit image (format from the suffix; PNG for 16-bit)."""
+def write_image(path: str | os.PathLike, image: torch.Tensor, bit_depth: int = 8, metadata=None) -> Path:
+    """Write [C, H, W] in [-1, 1] as an 8- or 16-bit image (format from the suffix; PNG or TIFF for 16-bit).
+
+    ``metadata`` (:class:`fusiondiff.data.stacks.Metadata`, e.g. a reference frame's) is carried where the
+    format allows: EXIF and ICC profile into PNG (``eXIf`` / ``iCCP`` chunks) and JPEG (APP1 / APP2), the ICC
+    profile into TIFF; WebP and BMP get none (a notice says so)."""
     path = Path(path)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
@@ -160,14 +173,74 @@ def write_image(path: str | os.PathLike, image: torch.Tensor, bit_depth: int = 8
     arr = arr.astype(np.uint8 if bit_depth == 8 else np.uint16)
     if arr.shape[2] == 3:
         arr = arr[:, :, ::-1]
+    if metadata and metadata.icc and suffix in (".tif", ".tiff"):
+        return atomic_write_bytes(path, _tiff_with_icc(arr[:, :, ::-1] if arr.shape[2] == 3 else arr, metadata.icc))
     ok, encoded = cv2.imencode(suffix or ".png", np.ascontiguousarray(arr))
     if not ok:
         raise ImageError(f"OpenCV cannot encode {suffix!r} images; use one of {', '.join(IMAGE_EXTENSIONS)}")
-    return atomic_write_bytes(path, encoded.tobytes())
+    payload = encoded.tobytes()
+    if metadata:
+        payload = _embed_metadata(payload, suffix, metadata, path)
+    return atomic_write_bytes(path, payload)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def _embed_metadata(payload: bytes, suffix: str, metadata, path: Path) -> bytes:
+    """``payload`` (an encoded PNG or JPEG) with ``metadata``'s EXIF and ICC profile inserted."""
+    import zlib
+
+    if suffix == ".png":  # after IHDR (8-byte signature + 25-byte IHDR chunk): before any IDAT, as both need
+        extra = b""
+        if metadata.icc:
+            extra += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(metadata.icc))
+        if metadata.exif:
+            extra += _png_chunk(b"eXIf", metadata.exif)
+        return payload[:33] + extra + payload[33:]
+    if suffix in (".jpg", ".jpeg"):
+        segments = b""
+        if metadata.exif:
+            block = b"Exif\x00\x00" + metadata.exif
+            if len(block) + 2 <= 0xFFFF:
+                segments += b"\xff\xe1" + (len(block) + 2).to_bytes(2, "big") + block
+            else:
+                log.warning(
+                    "%s: the reference frame's EXIF block (%d bytes) does not fit a JPEG segment; not copied", path, len(block)
+                )
+        if metadata.icc:
+            size = 65519  # APP2 payload minus the 14-byte ICC_PROFILE header
+            parts = [metadata.icc[i : i + size] for i in range(0, len(metadata.icc), size)]
+            for k, part in enumerate(parts, 1):
+                block = b"ICC_PROFILE\x00" + bytes([k, len(parts)]) + part
+                segments += b"\xff\xe2" + (len(block) + 2).to_bytes(2, "big") + block
+        at = 2  # after SOI, and after OpenCV's JFIF APP0 segment when it wrote one
+        if payload[2:4] == b"\xff\xe0":
+            at = 4 + int.from_bytes(payload[4:6], "big")
+        return payload[:at] + segments + payload[at:]
+    log.warning("%s: %s files do not carry the reference frame's EXIF/ICC here (use .png, .jpg or .tif)", path, suffix)
+    return payload
+
+
+def _tiff_with_icc(arr: np.ndarray, icc: bytes) -> bytes:
+    """A TIFF (RGB or gray, 8/16-bit, deflate-compressed) with an ICC profile tag, via tifffile."""
+    import io as bytes_io
+
+    import tifffile
+
+    buffer = bytes_io.BytesIO()
+    rgb = arr.ndim == 3 and arr.shape[2] == 3
+    tifffile.imwrite(buffer, arr if rgb else arr.reshape(arr.shape[:2]), photometric="rgb" if rgb else "minisblack",
+                     compression="zlib", iccprofile=icc)  # fmt: skip
+    return buffer.getvalue()
 
 
 WRITABLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SIXTEEN_BIT_EXTENSIONS = (".png", ".tif", ".tiff")
+DATA_EXTENSIONS = (".hdr", ".npy", ".json")  # outputs that are not 8/16-bit images: only their folder is checked
 
 
 def check_output_image(path: str | os.PathLike, bit_depth: int = 8) -> Path:
@@ -198,13 +271,13 @@ def check_outputs(
     skip_existing: bool = False,
 ) -> list[Path]:
     """Every check on the files a command will write, before it computes anything: none is a source (whatever
-    ``overwrite`` says), each can be written (:func:`check_output_image`; ``.hdr`` radiance files only need their
+    ``overwrite`` says), each can be written (:func:`check_output_image`; ``.hdr``, ``.npy`` and ``.json`` files only need their
     folder), and an existing one is replaced only with ``overwrite=true``: otherwise it is an error, or, for
     folder jobs (``skip_existing``), left alone. Returns the outputs still to write."""
     check_not_a_source(outputs, sources)
     todo = []
     for out in outputs:
-        if out.suffix.lower() == ".hdr":
+        if out.suffix.lower() in DATA_EXTENSIONS:
             check_output_folder(out.parent)
         else:
             check_output_image(out, bit_depth)

@@ -310,51 +310,154 @@ def fusion_metrics(names: list[str], quantise: bool = True) -> list[Metric]:
 EXAMPLE_SOURCES = (ASSETS / "example_A.png", ASSETS / "example_B.png")
 
 
+STACK_METHODS = ("model", *CLASSICAL_METHODS)
+
+
+def _stack_outputs(out: Path, cfg: DictConfig, align_method: str) -> dict[str, Path]:
+    """The files a stack job writes next to its fused image ``out`` (as the config asks)."""
+    extra = {}
+    if cfg.depth:
+        extra |= {"depth": out.with_name(f"{out.stem}_depth.png"), "depth_npy": out.with_name(f"{out.stem}_depth.npy"),
+                  "depth_preview": out.with_name(f"{out.stem}_depth_preview.png")}  # fmt: skip
+    if cfg.valid_mask:
+        extra["valid"] = out.with_name(f"{out.stem}_valid.png")
+    if align_method != "none":
+        extra["transforms"] = out.with_name(f"{out.stem}.transforms.json")
+    return extra
+
+
 def fuse(cfg: DictConfig) -> list[Path]:
-    """``mode=fuse``: the trained model at ``ckpt`` (default: the shipped bundle) on ``inputs`` (default: the
-    built-in example pair) -> ``output``, or on every sample of ``input_dir`` -> ``output_dir/<name>.png``.
+    """``mode=fuse``: fuse ``inputs`` (a list of frames, a folder of frames or a glob; default: the built-in
+    example pair) -> ``output``, or every sample of ``input_dir`` -> ``output_dir/<name>.png``, with
+    ``method`` (``model``: the trained model at ``ckpt``, default the shipped bundle; or a classical method).
+
+    Any number of frames: the classical methods take N natively, a 2-source model is chained. ``align``
+    (none | ecc | homography) registers the frames to a reference first; ``depth`` / ``valid_mask`` write the
+    depth map and the valid-region mask beside the output (:mod:`fusiondiff.stacking`). A pair with the model,
+    no alignment and no extra outputs runs exactly as before (one call of the model on the whole pair).
 
     Everything is checked before the first fusion: settings, outputs (writable, not a source, not replaced
     without ``overwrite=true``; a folder run keeps the outputs that exist), every input (decodes, sizes,
     count) and the model file."""
-    from fusiondiff.data.datasets import read_sources
-    from fusiondiff.data.io import check_outputs, write_image
+    from fusiondiff.align import AlignConfig
+    from fusiondiff.data.datasets import check_source_files, read_sources
+    from fusiondiff.data.io import check_outputs
     from fusiondiff.data.pairing import find_samples
+    from fusiondiff.data.stacks import stack_files
     from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
     from fusiondiff.progress import eta
 
     if cfg.inputs and cfg.input_dir:
-        raise ConfigError("give either inputs=[a,b,...] or input_dir=..., not both")
+        raise ConfigError("give either inputs=[a,b,...] (or a folder / glob of frames) or input_dir=..., not both")
+    if cfg.method not in STACK_METHODS:
+        raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(STACK_METHODS)}")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
+    aligning = AlignConfig.from_config(cfg.align)
     device = resolve_device(cfg.device)
     if cfg.input_dir:
         out_dir = Path(cfg.output_dir)
         jobs = [(s.name, list(s.sources), out_dir / f"{s.name}.png") for s in find_samples(cfg.input_dir)]
     else:
-        inputs = [Path(p) for p in cfg.inputs] if cfg.inputs else list(EXAMPLE_SOURCES)
+        inputs = (
+            stack_files(cfg.inputs if isinstance(cfg.inputs, str) else list(cfg.inputs)) if cfg.inputs else list(EXAMPLE_SOURCES)
+        )
         jobs = [(inputs[0].stem, inputs, Path(cfg.output))]
+    for _, paths, _ in jobs:
+        aligning.check(len(paths))
     every_source = [p for _, paths, _ in jobs for p in paths]
-    todo = [job for job in jobs if check_outputs([job[2]], every_source, cfg.bit_depth, cfg.overwrite, bool(cfg.input_dir))]
+    todo = []
+    for job in jobs:
+        extra = _stack_outputs(job[2], cfg, aligning.method)
+        if check_outputs([job[2], *extra.values()], every_source, cfg.bit_depth, cfg.overwrite, bool(cfg.input_dir)):
+            todo.append(job)
     if len(todo) < len(jobs):
         log.info("%d of %d outputs exist and are kept (overwrite=true replaces them)", len(jobs) - len(todo), len(jobs))
-    shapes = {}
-    for name, paths, _ in todo:  # decode every input now: a bad file fails before any compute
-        images = read_sources(paths, resize=cfg.resize)
-        shapes[name] = (len(images), *images[0].shape[-2:])
-        loaded = images if len(todo) == 1 else None
-    pipe = load_pipeline(cfg.ckpt, device=device)
-    sampler.check(pipe.schedule.num_timesteps)
-    for n, h, w in shapes.values():
-        pipe.check_sources(n, h, w)
-    log.info("model: %s", cfg.ckpt or "the bundled multi-focus model")
+    shapes = {name: check_source_files(paths, cfg.resize) for name, paths, _ in todo}  # decoded now, one at a time
+    pipe = None
+    if cfg.method == "model":
+        pipe = load_pipeline(cfg.ckpt, device=device)
+        sampler.check(pipe.schedule.num_timesteps)
+        for n, h, w in shapes.values():  # a longer stack is chained through a fixed-arity model; a shorter one is refused
+            pipe.check_sources(n if pipe.num_sources is None else min(n, pipe.num_sources), h, w)
+        log.info("model: %s", cfg.ckpt or "the bundled multi-focus model")
     written = []
     begin = time.perf_counter()
     for k, (name, paths, out) in enumerate(todo, 1):
         start = time.perf_counter()
-        images = loaded if len(todo) == 1 else read_sources(paths, resize=cfg.resize)
-        fused = fuse_images(pipe, images, [Path(p).name for p in paths], sampler, seed=cfg.seed, tiling=tiling)
-        written.append(write_image(out, fused, bit_depth=cfg.bit_depth))
+        stack = (cfg.method != "model" or aligning.method != "none" or cfg.depth or cfg.valid_mask
+                 or len(paths) != (pipe.num_sources or len(paths)))  # fmt: skip
+        if stack:
+            written += fuse_stack_job(cfg, pipe, paths, out, aligning, sampler, tiling)
+        else:
+            from fusiondiff.data.io import write_image
+
+            images = read_sources(paths, resize=cfg.resize)
+            fused = fuse_images(pipe, images, [Path(p).name for p in paths], sampler, seed=cfg.seed, tiling=tiling)
+            written.append(write_image(out, fused, bit_depth=cfg.bit_depth))
         log.info("[%d/%d] %s -> %s (%.1f s, %s)", k, len(todo), name, out, time.perf_counter() - start, eta(begin, k, len(todo)))
+    return written
+
+
+def stack_fuser(method: str, pipe=None, sampler=None, seed: int = 0, tiling=None) -> tuple[Callable[[Tensor], Tensor], int]:
+    """The fuser of N frames for ``method`` (a classical method, or ``model``: ``pipe``, chained when it takes
+    a fixed number of sources) and the tile margin it needs (:data:`fusiondiff.stacking.MARGINS`)."""
+    from fusiondiff.data.io import to_channels
+    from fusiondiff.stacking import MARGINS, chained
+
+    if method != "model":
+        fn = CLASSICAL_METHODS[method]
+        return fn, MARGINS[method]
+
+    def run(sources: Tensor) -> Tensor:
+        return pipe(to_channels(sources, pipe.channels), sampler, seed=seed, tiling=tiling).cpu()
+
+    return (run if pipe.num_sources is None else chained(run, pipe.num_sources)), MARGINS["model"]
+
+
+def fuse_stack_job(cfg: DictConfig, pipe, paths: list[Path], out: Path, aligning, sampler, tiling) -> list[Path]:
+    """One stack: fuse (:func:`fusiondiff.stacking.fuse_stack`) and write the fused image with the reference
+    frame's EXIF/ICC, and the depth map, valid mask and transforms the config asks for."""
+    import json
+
+    import numpy as np
+
+    from fusiondiff.data.io import atomic_write_bytes, write_image
+    from fusiondiff.data.stacks import read_metadata
+    from fusiondiff.stacking import depth_preview, fuse_stack
+
+    fn, margin = stack_fuser(cfg.method, pipe, sampler, cfg.seed, tiling)
+    channels = pipe.channels if pipe is not None else None
+    result = fuse_stack(paths, fn, aligning, margin=margin, depth=bool(cfg.depth), channels=channels)
+    extra = _stack_outputs(out, cfg, aligning.method)
+    metadata = read_metadata(paths[result.reference])
+    written = [write_image(out, result.fused, bit_depth=cfg.bit_depth, metadata=metadata)]
+    if result.depth is not None:
+        import cv2
+
+        ok, png = cv2.imencode(".png", result.depth.astype(np.uint16))
+        written.append(atomic_write_bytes(extra["depth"], png.tobytes()))
+        import io as bytes_io
+
+        buffer = bytes_io.BytesIO()
+        np.save(buffer, result.depth)
+        written.append(atomic_write_bytes(extra["depth_npy"], buffer.getvalue()))
+        preview = torch.from_numpy(depth_preview(result.depth, len(paths))).permute(2, 0, 1).float() / 127.5 - 1
+        written.append(write_image(extra["depth_preview"], preview))
+    if "valid" in extra:
+        written.append(write_image(extra["valid"], torch.from_numpy(result.valid)[None].float() * 2 - 1))
+    uncovered = 1 - float(result.valid.mean())
+    if uncovered > 0:
+        log.info("%.2f %% of the output is not covered by every frame (filled from the neighbouring frames%s)",
+                 100 * uncovered, "; valid_mask=true writes the mask" if "valid" not in extra else "")  # fmt: skip
+    if "transforms" in extra:
+        report = {
+            "reference": result.reference,
+            "align": {"method": aligning.method, "motion": aligning.motion},
+            "matrix_convention": "maps reference pixel (x, y, 1) to frame pixel coordinates",
+            "valid_fraction": float(result.valid.mean()),
+            "frames": [r.as_dict() for r in result.registrations],
+        }
+        written.append(atomic_write_bytes(extra["transforms"], (json.dumps(report, indent=1) + "\n").encode()))
     return written
 
 
