@@ -9,7 +9,10 @@
 2. one denoising step of the FusionDiff-size network (29 M parameters) at 520 x 520, and the
    2000-step cost of the official sampler extrapolated from it;
 3. training samples per second of every ``conf/model`` config (forward + backward + AdamW step);
-4. tiled inference of a 3840 x 2160 pair (time, peak memory).
+4. tiled inference of a 3840 x 2160 pair (time, peak memory);
+5. with ``--stacks``: focus stacks of 24-megapixel frames (6000 x 4000, synthetic, written as PNG to a temporary
+   folder), N = ``--stack-frames`` (default 2, 8, 32, 50) fused by ``infer.py method=decision_map`` (and the
+   longest one again with ``align=ecc``): seconds and the peak RSS of the whole ``infer.py`` process.
 
 Every measurement runs in a fresh subprocess so that its peak RSS (CPU) or peak allocated memory
 (CUDA) is its own. Times are the median of ``--repeats`` runs after one warm-up.
@@ -139,6 +142,71 @@ def in_subprocess(fn, args: dict) -> dict:
         return pool.apply(fn, (args,))
 
 
+def make_stack(folder: Path, frames: int, height: int = 4000, width: int = 6000) -> list[Path]:
+    """Synthetic focus stack: a textured scene whose depth ramps from left to right; frame k is sharp where
+    the depth is near k / (frames - 1) and blurred elsewhere, and drifts by 0.5 px per frame (handheld)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)
+    sharp = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    sharp += rng.normal(0, 20, (height, width, 1)).astype(np.float32)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 4)
+    depth = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(frames):
+        w = np.exp(-(((depth - k / max(frames - 1, 1)) * frames) ** 2))
+        frame = np.clip(w * sharp + (1 - w) * blurred, 0, 255).astype(np.uint8)
+        frame = cv2.warpAffine(frame, np.float32([[1, 0, 0.5 * k], [0, 1, 0]]), (width, height), borderMode=cv2.BORDER_REFLECT)
+        path = folder / f"frame{k + 1}.png"
+        cv2.imwrite(str(path), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        paths.append(path)
+    return paths
+
+
+def job_stack(args: dict) -> dict:
+    """``infer.py`` on a stack folder in a child process: wall time and the child's peak RSS."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "infer.py", f"inputs={args['folder']}", f"output={args['output']}", "method=decision_map",
+           f"align={args['align']}", "overwrite=true", "device=cpu"]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"infer.py failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+    return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def stack_benchmark(args, report: dict) -> None:
+    import shutil
+    import tempfile
+
+    largest = max(args.stack_frames)
+    print("\n## Focus stacks of 24 MP frames (6000 x 4000, PNG), infer.py method=decision_map\n")
+    print("| frames | align | seconds | peak RSS MB (whole infer.py) |\n|---|---|---|---|")
+    root = Path(tempfile.mkdtemp(prefix="fusiondiff-bench-stack-"))
+    rows = []
+    try:
+        paths = make_stack(root / "all", largest)
+        runs = [(n, "none") for n in args.stack_frames] + [(largest, "ecc")]
+        for n, how in runs:
+            folder = root / f"n{n}"
+            if not folder.exists():
+                folder.mkdir()
+                for p in paths[:n]:
+                    (folder / p.name).symlink_to(p)
+            r = in_subprocess(job_stack, {"folder": str(folder), "output": str(root / f"fused_{n}_{how}.png"), "align": how})
+            rows.append({"frames": n, "align": how, **r})
+            print(f"| {n} | {how} | {r['seconds']:.0f} | {r['peak_mb']:.0f} |", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report["stacks_24mp"] = rows
+
+
 def model_configs() -> dict[str, dict]:
     from omegaconf import OmegaConf
 
@@ -165,6 +233,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     parser.add_argument("--quick", action="store_true", help="steps 1 and 4, ddim only, no 4K run")
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))
+    parser.add_argument("--stacks", action="store_true", help="only the 24 MP focus-stack table (section 5)")
+    parser.add_argument("--stack-frames", type=int, nargs="+", default=[2, 8, 32, 50])
     args = parser.parse_args()
     if args.quick:
         args.steps, args.samplers = [1, 4], ["ddim"]
@@ -180,6 +250,13 @@ def main() -> None:
     common = {"device": dev, "threads": args.threads, "repeats": args.repeats, "size": tuple(args.size), "model": args.model,
               "channels_last": args.channels_last, "bf16": args.bf16}  # fmt: skip
 
+    if args.stacks:
+        PLAN["total"] = len(args.stack_frames) + 1
+        stack_benchmark(args, report)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"\nwritten {args.json}")
+        return
     PLAN["total"] = len(args.samplers) * len(args.steps) + 1 + len(model_configs()) + (0 if args.quick else 1)
     print(f"\n## Fusing one {args.size[0]} x {args.size[1]} pair (model: {args.model or 'shipped bundle'})\n")
     print(f"| sampler | steps | seconds | {mem} |\n|---|---|---|---|")

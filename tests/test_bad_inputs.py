@@ -44,6 +44,14 @@ FUSE_CASES = {
     "unpaired_input_dir": (["input_dir={dir}/unpaired", "output_dir={dir}/out"], "lack a partner image"),
     "missing_input_dir": (["input_dir={dir}/nowhere", "output_dir={dir}/out"], "not found"),
     "inputs_and_input_dir": (["inputs=[{a},{b}]", "input_dir={dir}/unpaired"], "not both"),
+    "stack_folder_of_one": (["inputs={dir}/single", "method=decision_map"], "holds 1 image"),
+    "stack_glob_matches_none": (["inputs={dir}/*.tif", "method=decision_map"], "matches 0 image"),
+    "stack_sizes_differ": (["inputs=[{a},{b},{dir}/small.png]", "method=decision_map"], "must have one size"),
+    "stack_unknown_method": (["inputs=[{a},{b}]", "method=sharpest"], "unknown method"),
+    "stack_reference_out_of_range": (["inputs=[{a},{b}]", "align=ecc", "align.reference=5"], "not a frame of this 2-frame"),
+    "stack_unknown_motion": (["inputs=[{a},{b}]", "align=ecc", "align.motion=projective"], "unknown align.motion"),
+    "stack_depth_output_exists": (["inputs=[{a},{b}]", "output={dir}/k.png", "depth=true", "method=decision_map"], "exists"),
+    "stack_output_is_a_frame": (["inputs=[{a},{b},{a}]", "output={dir}/a.png", "method=decision_map"], "overwrite a source"),
     "ratio_out_of_range": (["mode=noise_fusion", "inputs=[{a},{b}]", "fusion.ratio=1.5"], "ratio must be in [0, 1]"),
     "fusion_steps_zero": (["mode=noise_fusion", "inputs=[{a},{b}]", "fusion.steps=0"], "fusion.steps must be >= 1"),
     "noise_fusion_output_is_input": (["mode=noise_fusion", "inputs=[{a},{b}]", "output={b}"], "overwrite a source"),
@@ -86,6 +94,8 @@ def make_case_folder(root: Path) -> tuple[Path, Path, bool]:
     save_png(root / "dot.png", a_img[:1, :1])
     save_png(root / "dot2.png", b_img[:1, :1])
     shutil.copy(b, root / "kept.png")
+    shutil.copy(b, root / "k_depth.png")  # the depth map of output k.png exists already
+    save_png(root / "single" / "only.png", a_img)
     (root / "bad.safetensors").write_bytes(os.urandom(256))
     (root / "empty").mkdir()
     save_png(root / "unpaired" / "source_1" / "x.png", a_img)

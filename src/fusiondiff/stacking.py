@@ -94,7 +94,18 @@ class FrameStore:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def check_frames(paths: Sequence[Path], config: AlignConfig) -> tuple[list[np.ndarray], tuple[int, int, int], str]:
+Frame = Path | np.ndarray  # a file, or its pixels as read_array returns them (in-memory stacks, evaluation)
+
+
+def _load(frame: Frame) -> np.ndarray:
+    return frame if isinstance(frame, np.ndarray) else read_array(frame)
+
+
+def _name(frame: Frame, index: int) -> str:
+    return f"frame {index}" if isinstance(frame, np.ndarray) else Path(frame).name
+
+
+def check_frames(paths: Sequence[Frame], config: AlignConfig) -> tuple[list[np.ndarray], tuple[int, int, int], str]:
     """Decode every frame (the checks of :func:`~fusiondiff.data.io.read_array`), require one size, and keep
     the small gray copies registration needs. Returns (working images, (H, W, C of the widest), dtype name)."""
     if len(paths) < 2:
@@ -102,13 +113,13 @@ def check_frames(paths: Sequence[Path], config: AlignConfig) -> tuple[list[np.nd
     config.check(len(paths))
     working, first, channels, dtypes = [], None, 1, set()
     progress = Progress(len(paths), "checking frames")
-    for path in paths:
-        frame = read_array(path)
+    for k, path in enumerate(paths):
+        frame = _load(path)
         if first is None:
-            first = (path, frame.shape[:2])
+            first = (_name(path, k), frame.shape[:2])
         elif frame.shape[:2] != first[1]:
             h, w = first[1]
-            raise ImageError(f"frame {path.name} is {frame.shape[0]}x{frame.shape[1]} px, {first[0].name} is {h}x{w}: "
+            raise ImageError(f"frame {_name(path, k)} is {frame.shape[0]}x{frame.shape[1]} px, {first[0]} is {h}x{w}: "
                              "the frames of a stack must have one size (crop or resize them alike)")  # fmt: skip
         channels = max(channels, frame.shape[2])
         dtypes.add(frame.dtype.name)
@@ -126,7 +137,7 @@ def register_stack(
     """Each frame's transform to the reference: neighbours registered to each other outwards from the
     reference (a failed frame is skipped: the next one registers to the last good neighbour)."""
     n, ref = len(paths), config.reference_index(len(paths))
-    regs = [Registration(k, str(p), status="unaligned") for k, p in enumerate(paths)]
+    regs = [Registration(k, _name(p, k) if isinstance(p, np.ndarray) else str(p), "unaligned") for k, p in enumerate(paths)]
     regs[ref].status = "reference"
     if config.method == "none":
         return regs
@@ -144,7 +155,7 @@ def register_stack(
             )
         except Exception as err:  # noqa: BLE001 - cv2.error (ECC diverged), RuntimeError (too few matches)
             regs[k].status, regs[k].message = "failed", _first_line(err)
-            log.warning("frame %d (%s): registration failed (%s); the frame is left out", k, Path(paths[k]).name, regs[k].message)
+            log.warning("frame %d (%s): registration failed (%s); the frame is left out", k, _name(paths[k], k), regs[k].message)
             progress.advance()
             continue
         relative = registration.rescale(relative, scale)
@@ -154,7 +165,7 @@ def register_stack(
         regs[k].summarise()
         if why:
             regs[k].status, regs[k].message = "implausible", why
-            log.warning("frame %d (%s): implausible registration (%s); the frame is left out", k, Path(paths[k]).name, why)
+            log.warning("frame %d (%s): implausible registration (%s); the frame is left out", k, _name(paths[k], k), why)
         else:
             regs[k].status = "ok"
             matrices[k], last_good[side] = total, k
@@ -186,7 +197,7 @@ def warp_stack(
             reg = regs[k]
             if not reg.usable:
                 continue
-            frame = _as(read_array(paths[k]), c, dtype)
+            frame = _as(_load(paths[k]), c, dtype)
             if reg.status == "ok":
                 frame, coverage = registration.warp_to_reference(frame, np.asarray(reg.matrix), h, w)
                 if not coverage.all():
@@ -251,14 +262,23 @@ def fuse_store(store: FrameStore, fuse: Fuser, size: tuple[int, int, int], margi
     return out, depth_map
 
 
-def fuse_stack(paths: Sequence[str | Path], fuse: Fuser, config: AlignConfig | None = None, margin: int = 16,
-               depth: bool = False, channels: int | None = None) -> StackResult:  # fmt: skip
+def fuse_stack(paths: Sequence[str | Path | np.ndarray], fuse: Fuser, config: AlignConfig | None = None, margin: int = 16,
+               depth: bool = False, channels: int | None = None, matrices: Sequence[np.ndarray] | None = None,
+               checked: tuple | None = None) -> StackResult:  # fmt: skip
     """Check, register, align and fuse a stack (see the module docstring). ``fuse`` maps sources
-    [N, C, h, w] in [-1, 1] to [C', h, w]; ``channels``: C' when it differs from the frames' C."""
-    paths = [Path(p) for p in paths]
+    [N, C, h, w] in [-1, 1] to [C', h, w]; ``channels``: C' when it differs from the frames' C. Frames are
+    files or arrays (:func:`~fusiondiff.data.io.read_array`'s layout). ``matrices``: known transforms
+    (reference -> frame, one per frame) used instead of estimating them (e.g. a synthetic warp's inverse).
+    ``checked``: what :func:`check_frames` returned for these frames and ``config`` (not decoded again)."""
+    paths = [p if isinstance(p, np.ndarray) else Path(p) for p in paths]
     config = (config or AlignConfig()).check(len(paths))
-    working, size, dtype = check_frames(paths, config)
-    regs = register_stack(paths, working, size[:2], config)
+    working, size, dtype = checked or check_frames(paths, config if matrices is None else AlignConfig())
+    if matrices is None:
+        regs = register_stack(paths, working, size[:2], config)
+    else:
+        ref = config.reference_index(len(paths))
+        regs = [Registration(k, _name(p, k), status="reference" if k == ref else "ok", matrix=np.asarray(m, float).tolist())
+                for k, (p, m) in enumerate(zip(paths, matrices, strict=True))]  # fmt: skip
     del working
     if sum(r.usable for r in regs) < 2:
         raise InputError(f"only {sum(r.usable for r in regs)} frame(s) of {len(paths)} could be registered; "

@@ -197,7 +197,7 @@ class LayeredDefocus(Dataset):
             if item["band"].float().mean() >= self.min_band:
                 break
         if not self.maps:
-            del item["band"], item["depth"]
+            del item["band"], item["depth"], item["planes"]
         return item
 
     def _scene(self, gen: torch.Generator, index: int) -> dict:
@@ -226,8 +226,10 @@ class LayeredDefocus(Dataset):
             depth[alpha > 0.5] = plane
         sources = self._store(sources, gen)
         sources = to_channels(sources, self.channels)
+        planes = torch.zeros(self.planes, dtype=torch.bool)
+        planes[[plane for _, _, plane in stack]] = True
         return {"sources": sources, "target": to_channels(truth, self.channels), "band": band, "depth": depth,
-                "name": f"layered_{index:06d}"}  # fmt: skip
+                "planes": planes, "name": f"layered_{index:06d}"}  # fmt: skip
 
     def _store(self, sources: Tensor, gen: torch.Generator) -> Tensor:
         """Sensor noise and JPEG storage, as the configured ranges say (none by default)."""
@@ -247,3 +249,32 @@ class LayeredDefocus(Dataset):
                 stored.append(torch.from_numpy(back).permute(2, 0, 1).float() / 127.5 - 1)
             sources = torch.stack(stored)
         return sources.clamp(-1, 1)
+
+
+class StackBatches:
+    """Collate for N-frame training on :class:`LayeredDefocus` stacks (``maps=True``): each batch gets one
+    frame count N in ``frames`` (at least the most layer planes any of its scenes has) and each scene N of its
+    planes, always including the planes its layers lie on (so the all-in-focus target stays reachable), in
+    focus order. The draws are a function of the batch's contents (exact resume). Maps are dropped."""
+
+    def __init__(self, frames: Sequence[int] = (2, 6), seed: int = 0) -> None:
+        self.frames, self.seed = (int(frames[0]), int(frames[1])), seed
+
+    def __call__(self, items: list[dict]) -> dict:
+        from torch.utils.data import default_collate
+
+        key = int((sum(float(it["target"][:, :2, :2].sum()) for it in items) * 1e6) % 2**31)
+        gen = torch.Generator().manual_seed(self.seed * 7919 + key)
+        need = max(int(it["planes"].sum()) for it in items)
+        lo, hi = max(self.frames[0], need), max(self.frames[1], need)
+        n = int(torch.randint(lo, hi + 1, (), generator=gen))
+        out = []
+        for it in items:
+            total = it["sources"].shape[0]
+            keep = it["planes"].clone()
+            others = torch.nonzero(~keep).flatten()
+            extra = others[torch.randperm(len(others), generator=gen)[: max(0, min(n, total) - int(keep.sum()))]]
+            keep[extra] = True
+            chosen = torch.nonzero(keep).flatten()
+            out.append({"sources": it["sources"][chosen], "target": it["target"], "name": it["name"]})
+        return default_collate(out)

@@ -2,6 +2,14 @@
 
 from fusiondiff.models.discriminator import PatchDiscriminator
 from fusiondiff.models.hdr import FeatureConditionGenerator, HDRConditionalUNet
+from fusiondiff.models.stack import FrameSharedUNet
 from fusiondiff.models.unet import ConditionalUNet, DecisionMapUNet
 
-__all__ = ["ConditionalUNet", "DecisionMapUNet", "FeatureConditionGenerator", "HDRConditionalUNet", "PatchDiscriminator"]
+__all__ = [
+    "ConditionalUNet",
+    "DecisionMapUNet",
+    "FeatureConditionGenerator",
+    "FrameSharedUNet",
+    "HDRConditionalUNet",
+    "PatchDiscriminator",
+]

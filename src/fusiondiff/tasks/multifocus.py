@@ -213,9 +213,12 @@ class MultiFocusTask(Task):
             has_target, stored = True, False
             about = (f"{len(items)} held-out layered defocus scenes, {data.sizes[0]}-{data.sizes[1]} px, "
                      f"{len(data.photos)} held-out photos (seed {data.seed}); *_band: inside the boundary band")  # fmt: skip
+        elif suite in ("stack", "misaligned"):
+            return stack_evaluation(self, cfg, suite, channels)
         else:
-            raise ConfigError(f"unknown suite {suite!r} for task multifocus; valid: paired, synthetic, layered")
+            raise ConfigError(f"unknown suite {suite!r} for task multifocus; valid: {', '.join(SUITES)}")
         baselines = {name: (lambda d, fn=fn: fn(d["sources"])) for name, fn in CLASSICAL_METHODS.items()}
+        baselines |= external_baselines()
 
         def model_run(pipe, sampler, tiling):
             if stored or suite == "layered":  # one image at a time, as infer.py fuses a folder (layered: sizes vary)
@@ -237,6 +240,208 @@ class MultiFocusTask(Task):
         labels = [m.label for m in methods]
         baseline = cfg.get("baseline") or ("decision_map" if "decision_map" in labels else None)
         return Evaluation(about, items, methods, metrics, baseline=baseline)
+
+
+SUITES = ("paired", "synthetic", "layered", "stack", "misaligned")
+
+
+def external_baselines() -> dict[str, Callable[[dict], Tensor]]:
+    """enfuse (focus-stacking settings) and enfuse after align_image_stack, where they are installed."""
+    from fusiondiff.evaluation import external
+
+    out = {}
+    if external.available("enfuse"):
+        out["enfuse"] = lambda d: external.enfuse(d["sources"])
+        if external.available("align_image_stack"):
+            out["enfuse_align"] = lambda d: external.enfuse(d["sources"], align=True)
+    return out
+
+
+def stack_benchmark(cfg: DictConfig):
+    """Held-out generated focus stacks with ground truth: ``frames`` focal planes (default 8), 3-4 layers,
+    blur up to 10 px between the nearest and farthest plane, ``num`` scenes (default 100) of ``size`` px
+    (default 192-256); photos as in :func:`layered_benchmark` (held out of every training set)."""
+    bench = layered_benchmark(cfg)
+    from fusiondiff.data.layered import LayeredDefocus
+
+    size = cfg.get("size") or (192, 256)
+    return LayeredDefocus(photos=bench.photos, num_samples=cfg.get("num") or 100, size=size, planes=cfg.get("frames") or 8,
+                          layers=(3, 4), deterministic=True, seed=cfg.get("suite_seed") or 2027)  # fmt: skip
+
+
+def misaligned_pairs(cfg: DictConfig) -> list:
+    """``dataset`` pairs (default Lytro; ``layered``: the held-out generated pairs of suite ``layered``, exactly
+    registered by construction) with source B moved by a known similarity (seeded per pair: a shift
+    of 2-4 px in a random direction, a rotation of up to 1 degree, a scale change of up to 1 %; ``move=false``:
+    not moved), stored in 8 bits. Each item keeps the unmoved pair, the exact transform and the margin
+    outside which every pixel is covered by both sources (the region the scores use)."""
+    import math
+
+    import cv2
+    import numpy as np
+
+    from fusiondiff.data.io import read_array
+    from fusiondiff.data.pairing import find_samples
+    from fusiondiff.evaluation import Item
+
+    dataset = cfg.get("dataset") or f"{cfg.paths.data_dir}/mfif/lytro"
+    seed = cfg.get("suite_seed") or 17
+    if dataset == "layered":  # generated pairs, registered exactly by construction (a clean set)
+        scenes = layered_benchmark(cfg)
+        names = [f"layered_{i:06d}" for i in range(len(scenes))][: cfg.get("max_images") or None]
+
+        def arrays(index):
+            return [((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for x in scenes[index]["sources"]]
+    else:
+        samples = [s for s in find_samples(dataset) if len(s.sources) == 2][: cfg.get("max_images") or None]
+        names = [s.name for s in samples]
+
+        def arrays(index):
+            return [read_array(p) for p in samples[index].sources]
+
+    def loader(index):
+        def load() -> dict:
+            a, b = arrays(index)
+            h, w = a.shape[:2]
+            rng = np.random.default_rng(seed * 1000 + index)
+            shift, direction = rng.uniform(2, 4), rng.uniform(0, 2 * math.pi)
+            angle, scale = math.radians(rng.uniform(-1, 1)), 1 + rng.uniform(-0.01, 0.01)
+            centre = np.array([w / 2, h / 2])
+            rot = scale * np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+            offset = centre + shift * np.array([math.cos(direction), math.sin(direction)]) - rot @ centre
+            m = np.vstack([np.hstack([rot, offset[:, None]]), [0, 0, 1]])  # moved B at p = B at m p
+            if cfg.get("move") is False:  # the pairs as they are: what registration changes on them
+                m = np.eye(3)
+            moved = cv2.warpAffine(b, m[:2], (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+            moved = moved[:, :, None] if moved.ndim == 2 else moved
+            corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float).T
+            to_frame = np.linalg.inv(m)  # reference (A) pixel -> moved-B pixel: the convention of fusiondiff.align
+            margin = int(math.ceil(max(np.abs((t @ corners)[:2] - corners[:2]).max() for t in (m, to_frame)))) + 2
+            to = lambda x: torch.from_numpy(np.ascontiguousarray(x).astype(np.float32) / 255).permute(2, 0, 1) * 2 - 1  # noqa: E731
+            sources = torch.stack([to(a), to(moved)])
+            channels_ = 3 if cfg.get("channels") == 3 else None
+            original = torch.stack([to(a), to(b)])
+            if channels_:
+                from fusiondiff.data.io import to_channels
+
+                sources, original = to_channels(sources, channels_), to_channels(original, channels_)
+            return {"sources": sources, "original": original, "matrix": to_frame, "margin": margin, "arrays": [a, moved]}
+
+        return load
+
+    return [Item(name, loader(i)) for i, name in enumerate(names)]
+
+
+def stack_evaluation(task: MultiFocusTask, cfg: DictConfig, suite: str, channels: int | None) -> Evaluation:
+    """Suites ``stack`` (generated N-frame stacks with ground truth: PSNR/SSIM/LPIPS) and ``misaligned``
+    (pairs with B moved by a known similarity; every method without alignment, after ``align=ecc`` and after
+    the exact inverse warp, scored by Q^AB/F and Q_CB against the unmoved pair inside the region both
+    sources cover). Methods: the classical ones (N frames natively), ``fusiondiff`` / ``model:<file>`` (an
+    N-frame model natively, a 2-source model chained), ``chained:<file>`` (any model fused pair by pair, to
+    compare an N-frame model with chaining itself) and enfuse where it is installed."""
+    import numpy as np
+
+    from fusiondiff.align import AlignConfig
+    from fusiondiff.evaluation import Evaluation, Item, Method
+    from fusiondiff.evaluation.core import model_label
+    from fusiondiff.pipeline import SamplerConfig, Tiling
+    from fusiondiff.stacking import MARGINS, chained, fuse_stack
+
+    sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
+    if suite == "stack":
+        data = stack_benchmark(cfg)
+        items = [Item(f"stack_{i:06d}", lambda i=i: data[i]) for i in range(len(data))][: cfg.get("max_images") or None]
+        about = (f"{len(items)} held-out generated focus stacks of {data.planes} frames, {data.sizes[0]}-{data.sizes[1]} px, "
+                 f"{len(data.photos)} held-out photos (seed {data.seed})")  # fmt: skip
+        default = [*CLASSICAL_METHODS, "fusiondiff"]
+    else:
+        items = misaligned_pairs(cfg)
+        about = (f"{len(items)} pairs of `{cfg.get('dataset') or 'lytro'}` with B moved by a known similarity (2-4 px, <= 1 deg, "
+                 "<= 1 % scale); scored against the unmoved pair inside the region both cover")  # fmt: skip
+        default = ["decision_map", "fusiondiff"]
+
+    fusers: list[tuple[str, Callable[[Tensor], Tensor], int, str]] = []  # label, fuser, margin, kind
+    extern = external_baselines()
+    for spec in [str(x) for x in (cfg.get("methods") or default)]:
+        if spec in CLASSICAL_METHODS:
+            fusers.append((spec, CLASSICAL_METHODS[spec], MARGINS[spec], "baseline"))
+        elif spec in extern:
+            fusers.append((spec, lambda s, spec=spec: extern[spec]({"sources": s}), 0, "baseline"))
+        elif spec == "fusiondiff" or spec.startswith(("model:", "chained:")):
+            path = cfg.get("ckpt") if spec == "fusiondiff" else spec.split(":", 1)[1]
+            pipe = load_pipeline(path, task="multifocus")
+            s = replace_steps(sampler, pipe)
+            label = f"{model_label(path, shipped=spec == 'fusiondiff')} ({s.name}, {s.steps} step{'s' if s.steps != 1 else ''})"
+
+            def run(x, pipe=pipe, s=s):
+                from fusiondiff.data.io import to_channels
+
+                return pipe(to_channels(x, pipe.channels), s, seed=cfg.seed, tiling=tiling).cpu()
+
+            if spec.startswith("chained:") or pipe.num_sources is not None:
+                fusers.append((label + (" chained" if pipe.num_sources is None else ""), chained(run, pipe.num_sources or 2),
+                               MARGINS["model"], "model"))  # fmt: skip
+            else:
+                fusers.append((label, run, MARGINS["model"], "model"))
+        else:
+            valid = ", ".join([*CLASSICAL_METHODS, *extern, "fusiondiff", "model:<file>", "chained:<file>"])
+            raise ConfigError(f"unknown method {spec!r} for suite {suite}; valid: {valid}")
+
+    methods = []
+    if suite == "stack":
+        methods = [Method(label, lambda d, fn=fn: fn(d["sources"]), kind) for label, fn, _, kind in fusers]
+        names = list(cfg.get("metrics") or ("psnr", "ssim", "lpips"))
+        metrics = fusion_metrics(names, quantise=False)
+        baseline = cfg.get("baseline") or ("decision_map" if any(m.label == "decision_map" for m in methods) else None)
+        return Evaluation(about, items, methods, metrics, baseline=baseline)
+
+    aligns = [str(a) for a in (cfg.get("aligns") or ("none", "ecc", "exact"))]
+    for label, fn, margin, kind in fusers:
+        for how in aligns:
+            if label == "enfuse_align" and how != "none":
+                continue  # it aligns itself (align_image_stack)
+            if how == "none":
+                run_fn = lambda d, fn=fn: fn(d["sources"])  # noqa: E731
+            elif how in ("ecc", "homography", "exact"):
+
+                def run_fn(d, fn=fn, margin=margin, how=how):
+                    config = AlignConfig("ecc" if how == "exact" else how, reference="first")
+                    matrices = [np.eye(3), d["matrix"]] if how == "exact" else None
+                    return fuse_stack(d["arrays"], fn, config, margin=margin, matrices=matrices).fused.clamp(-1, 1)
+            else:
+                raise ConfigError(f"unknown entry {how!r} in aligns; valid: none, ecc, homography, exact")
+            methods.append(Method(f"{label} | align={how}", run_fn, kind))
+    metrics = misaligned_metrics([str(m) for m in (cfg.get("metrics") or ("qabf", "qcb"))])
+    first = methods[0].label if methods else None
+    return Evaluation(about, items, methods, metrics, baseline=cfg.get("baseline") or first)
+
+
+def replace_steps(sampler, pipe):
+    from dataclasses import replace
+
+    return replace(sampler, steps=int(sampler.steps or pipe.default_steps)).check(pipe.schedule.num_timesteps)
+
+
+def misaligned_metrics(names: list[str]) -> list[Metric]:
+    """Source-based fusion metrics of the fused image against the unmoved pair, inside the margin both cover."""
+    from fusiondiff.evaluation import Metric
+    from fusiondiff.metrics import fusion
+
+    def metric(name):
+        fn = fusion.SOURCE_METRICS[name]
+
+        def score(out, d):
+            m = d["margin"]
+            a, b = (fusion.to_255(x[..., m:-m, m:-m]) for x in d["original"])
+            return fn(a, b, fusion.to_255(out[..., m:-m, m:-m])).item()
+
+        return Metric(name, score)
+
+    unknown = [n for n in names if n not in fusion.SOURCE_METRICS]
+    if unknown:
+        valid = ", ".join(fusion.SOURCE_METRICS)
+        raise ConfigError(f"suite misaligned scores source-based metrics only; unknown: {unknown}; valid: {valid}")
+    return [metric(n) for n in names]
 
 
 DEFAULT_METRICS = ("qabf", "qcb", "qcv", "mi", "nmi", "ssim_fusion", "psnr_fusion", "entropy", "sf", "ag", "sd", "ei", "psnr",
@@ -372,7 +577,16 @@ def fuse(cfg: DictConfig) -> list[Path]:
             todo.append(job)
     if len(todo) < len(jobs):
         log.info("%d of %d outputs exist and are kept (overwrite=true replaces them)", len(jobs) - len(todo), len(jobs))
-    shapes = {name: check_source_files(paths, cfg.resize) for name, paths, _ in todo}  # decoded now, one at a time
+    extras = cfg.method != "model" or aligning.method != "none" or cfg.depth or cfg.valid_mask
+    checked = None
+    if len(todo) == 1 and (extras or len(todo[0][1]) > 2):  # one stack: its check also keeps what registration needs
+        from fusiondiff.stacking import check_frames
+
+        name, paths, _ = todo[0]
+        checked = check_frames(paths, aligning)
+        shapes = {name: (len(paths), *checked[1][:2])}
+    else:
+        shapes = {name: check_source_files(paths, cfg.resize) for name, paths, _ in todo}  # decoded now, one at a time
     pipe = None
     if cfg.method == "model":
         pipe = load_pipeline(cfg.ckpt, device=device)
@@ -384,10 +598,8 @@ def fuse(cfg: DictConfig) -> list[Path]:
     begin = time.perf_counter()
     for k, (name, paths, out) in enumerate(todo, 1):
         start = time.perf_counter()
-        stack = (cfg.method != "model" or aligning.method != "none" or cfg.depth or cfg.valid_mask
-                 or len(paths) != (pipe.num_sources or len(paths)))  # fmt: skip
-        if stack:
-            written += fuse_stack_job(cfg, pipe, paths, out, aligning, sampler, tiling)
+        if extras or len(paths) != (pipe.num_sources or len(paths)):
+            written += fuse_stack_job(cfg, pipe, paths, out, aligning, sampler, tiling, checked)
         else:
             from fusiondiff.data.io import write_image
 
@@ -414,7 +626,7 @@ def stack_fuser(method: str, pipe=None, sampler=None, seed: int = 0, tiling=None
     return (run if pipe.num_sources is None else chained(run, pipe.num_sources)), MARGINS["model"]
 
 
-def fuse_stack_job(cfg: DictConfig, pipe, paths: list[Path], out: Path, aligning, sampler, tiling) -> list[Path]:
+def fuse_stack_job(cfg: DictConfig, pipe, paths: list[Path], out: Path, aligning, sampler, tiling, checked=None) -> list[Path]:
     """One stack: fuse (:func:`fusiondiff.stacking.fuse_stack`) and write the fused image with the reference
     frame's EXIF/ICC, and the depth map, valid mask and transforms the config asks for."""
     import json
@@ -427,7 +639,7 @@ def fuse_stack_job(cfg: DictConfig, pipe, paths: list[Path], out: Path, aligning
 
     fn, margin = stack_fuser(cfg.method, pipe, sampler, cfg.seed, tiling)
     channels = pipe.channels if pipe is not None else None
-    result = fuse_stack(paths, fn, aligning, margin=margin, depth=bool(cfg.depth), channels=channels)
+    result = fuse_stack(paths, fn, aligning, margin=margin, depth=bool(cfg.depth), channels=channels, checked=checked)
     extra = _stack_outputs(out, cfg, aligning.method)
     metadata = read_metadata(paths[result.reference])
     written = [write_image(out, result.fused, bit_depth=cfg.bit_depth, metadata=metadata)]

@@ -92,6 +92,8 @@ class FusionDataModule(L.LightningDataModule):
         val_fraction: share of the training samples held out when ``val`` is None.
         batch_size, val_batch_size, num_workers: loader settings.
         seed: the training order and every sample's random draws derive from it (the run's ``seed``).
+        collate: the training batches' collate function (e.g. :class:`fusiondiff.data.layered.StackBatches`
+            for N-frame stacks); None: PyTorch's default.
     """
 
     def __init__(
@@ -104,9 +106,10 @@ class FusionDataModule(L.LightningDataModule):
         num_workers: int = 0,
         split_seed: int = 0,
         seed: int = 0,
+        collate: Callable[[list], Any] | None = None,
     ) -> None:
         super().__init__()
-        self.seed = seed
+        self.seed, self.collate = seed, collate
         self._train, self._val = train, val
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
@@ -144,6 +147,7 @@ class FusionDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=len(self.train_set) >= self.batch_size,
+            collate_fn=self.collate,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds without touching the global RNG
         )
 
