@@ -23,6 +23,17 @@ ALLOWED_NET_MODULES = ("fusiondiff.models",)
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_BUNDLE = ASSETS / "multifocus_blend.safetensors"  # the shipped multi-focus model
 DEFAULT_PRIOR = ASSETS / "unconditional_small.safetensors"  # the shipped unconditional prior (zero-shot)
+STACK_BUNDLE = ASSETS / "multifocus_stack.safetensors"  # the shipped N-frame multi-focus model (experiment=multifocus_stack)
+SHIPPED = {p.stem: p for p in (DEFAULT_BUNDLE, DEFAULT_PRIOR, STACK_BUNDLE)}  # ckpt=<name> finds them
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A model file, or the name of a shipped bundle (``multifocus_blend``, ``multifocus_stack``,
+    ``unconditional_small``) when no file of that name exists."""
+    path = Path(path)
+    if not path.exists() and str(path) in SHIPPED:
+        return SHIPPED[str(path)]
+    return path
 
 
 def build_net(net_config: dict) -> nn.Module:
@@ -51,10 +62,11 @@ def _state_from_checkpoint(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, NoiseSchedule, dict]:
-    """(network in eval mode, schedule, config) from a ``.safetensors`` bundle or a ``.ckpt``."""
-    path = Path(path)
+    """(network in eval mode, schedule, config) from a ``.safetensors`` bundle, a ``.ckpt`` or a shipped
+    bundle's name (:func:`resolve_model_path`)."""
+    path = resolve_model_path(path)
     if not path.is_file():
-        raise MissingModelFileError(f"model file not found: {path}")
+        raise MissingModelFileError(f"model file not found: {path} (shipped bundles by name: {', '.join(SHIPPED)})")
     if path.suffix not in (".safetensors", ".ckpt"):
         raise ModelFileError(f"unknown model file type {path.suffix!r}: give a .safetensors bundle or a .ckpt checkpoint")
     try:
