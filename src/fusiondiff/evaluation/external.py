@@ -2,12 +2,14 @@
 
 ``enfuse`` (Debian package ``enfuse``) with the focus-stacking settings of its manual: no exposure or
 saturation weight, contrast weight 1, hard masks (each pixel from the frame with the most local contrast).
-``enfuse_align``: ``align_image_stack`` (Debian ``hugin-tools``, with ``-m``: also the magnification) first.
+``enfuse_align``: ``align_image_stack`` (Debian ``hugin-tools``, with ``-m``: also the magnification) first;
+where it gives up (too few control points) enfuse gets the frames unaligned, with a warning.
 Sources are handed over as 8-bit PNG or, when they need it, 16-bit TIFF files, losslessly.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +21,8 @@ import torch
 
 from fusiondiff.errors import ConfigError
 
+log = logging.getLogger(__name__)
+FAILURES = {"align_image_stack": 0}  # counted for reports: how often the external aligner gave up
 ENFUSE_FOCUS = ["--exposure-weight=0", "--saturation-weight=0", "--contrast-weight=1", "--hard-mask"]
 INSTALL = {"enfuse": "apt-get install enfuse", "align_image_stack": "apt-get install hugin-tools"}
 
@@ -69,7 +73,11 @@ def enfuse(sources: torch.Tensor, align: bool = False) -> torch.Tensor:
         folder = Path(tmp)
         files = [_write(folder / f"src{k:03d}.{'png' if bits == 8 else 'tif'}", s, bits) for k, s in enumerate(sources)]
         if aligner:
-            _run([aligner, "-m", "-a", "aligned", *[f.name for f in files]], folder)
-            files = sorted(folder.glob("aligned*.tif"))
+            try:
+                _run([aligner, "-m", "-a", "aligned", *[f.name for f in files]], folder)
+                files = sorted(folder.glob("aligned*.tif"))
+            except RuntimeError as err:  # e.g. too few control points: enfuse fuses the frames as they are
+                log.warning("align_image_stack failed, enfuse gets the unaligned frames (%s)", str(err)[:120])
+                FAILURES["align_image_stack"] += 1
         _run([exe, *ENFUSE_FOCUS, "-o", "fused.tif", *[f.name for f in files]], folder)
         return _read(folder / "fused.tif", sources.shape[1])

@@ -356,8 +356,10 @@ def stack_evaluation(task: MultiFocusTask, cfg: DictConfig, suite: str, channels
         default = [*CLASSICAL_METHODS, "fusiondiff"]
     else:
         items = misaligned_pairs(cfg)
-        about = (f"{len(items)} pairs of `{cfg.get('dataset') or 'lytro'}` with B moved by a known similarity (2-4 px, <= 1 deg, "
-                 "<= 1 % scale); scored against the unmoved pair inside the region both cover")  # fmt: skip
+        moved = ("B as it is (move=false)" if cfg.get("move") is False
+                 else "B moved by a known similarity (2-4 px, <= 1 deg, <= 1 % scale)")  # fmt: skip
+        about = (f"{len(items)} pairs of `{cfg.get('dataset') or 'lytro'}` with {moved}; scored against the unmoved pair "
+                 "inside the region both cover")  # fmt: skip
         default = ["decision_map", "fusiondiff"]
 
     fusers: list[tuple[str, Callable[[Tensor], Tensor], int, str]] = []  # label, fuser, margin, kind
