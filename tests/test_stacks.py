@@ -324,6 +324,32 @@ def test_the_stack_and_misaligned_suites(tmp_path):
     assert exact > none + 0.05 and ecc - none > 0.8 * (exact - none)
 
 
+def test_misaligned_registered_removes_the_pairs_own_misregistration(tmp_path):
+    """registered=true: a pair whose B is 0.6 % larger than A (focus breathing) is first brought into A's
+    geometry by the pair's own ECC estimate, so the scores' reference pair is registered; without it B keeps
+    the scale change."""
+    from fusiondiff.tasks.multifocus import misaligned_pairs
+
+    rng = np.random.default_rng(3)
+    a = cv2.GaussianBlur(cv2.resize(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), (160, 160)), (0, 0), 1.5)
+    zoom = cv2.getRotationMatrix2D((80, 80), 0, 1.006)
+    b = cv2.warpAffine(a, zoom, (160, 160), borderMode=cv2.BORDER_REFLECT)
+    for k, image in enumerate((a, b), start=1):
+        (tmp_path / f"source_{k}").mkdir()
+        cv2.imwrite(str(tmp_path / f"source_{k}" / "p1.png"), image)
+    errors = {}
+    for registered in (False, True):
+        cfg = compose_config("evaluate", ["suite=misaligned", f"dataset={tmp_path}", "move=false", f"registered={registered}"])
+        item = misaligned_pairs(cfg)[0].load()
+        m = item["margin"]
+        errors[registered] = (item["original"][0] - item["original"][1])[..., m:-m, m:-m].abs().mean().item()
+    # the floor: B brought back by the exact inverse zoom (what bilinear resampling alone leaves)
+    back = cv2.warpAffine(b, zoom, (160, 160), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+    m = item["margin"]
+    floor = np.abs(back.astype(np.float32) - a.astype(np.float32))[m:-m, m:-m].mean() / 127.5
+    assert errors[True] < 1.5 * floor and errors[False] > 2 * errors[True], (errors, floor)
+
+
 def test_the_shipped_n_frame_model_beats_chaining_itself_and_the_decision_map_on_held_out_stacks():
     """ckpt=multifocus_stack (shipped; trained on layered stacks of scikit-image training photos and NYU-D
     1-80): on held-out 6-frame stacks of coffee / rocket it is better than the same model fused pair by pair,
