@@ -116,3 +116,25 @@ def test_the_layered_suite_scores_inside_the_band(tmp_path):
     assert psnr(fused, d["target"], mask=band).item() == pytest.approx(expected.item(), rel=1e-9)
     rows = [r for r in (tmp_path / "per_image.csv").read_text().splitlines()[1:] if r.startswith("decision_map")]
     assert float(rows[0].split(",")[5]) == pytest.approx(expected.item(), rel=1e-6)  # psnr_band column
+
+
+def test_decision_boundary_models_copy_the_decision_map_away_from_its_switches():
+    """residual=decision_boundary: whatever the network outputs, pixels farther than BOUNDARY_RADIUS + 2 px
+    from a decision-map switch are the classical decision map exactly; near the switch the network acts."""
+    from fusiondiff.focus import decision_weights
+    from fusiondiff.tasks import get_task
+    from fusiondiff.tasks.multifocus import BOUNDARY_RADIUS, CLASSICAL_METHODS
+
+    scene = scenes(num_samples=1, size=64, seed=5)[0]
+    sources = scene["sources"][None]
+    conditioning = get_task("multifocus").conditioning("blend", "decision_boundary")
+    out = torch.randn(1, 2 + 3, 64, 64, generator=torch.Generator().manual_seed(0))  # any network output
+    fused = conditioning.blend(out, sources)
+    expected = CLASSICAL_METHODS["decision_map"](sources)
+    w = decision_weights(sources)[:, 0, 0]
+    switch = (torch.nn.functional.max_pool2d(w[None], 3, 1, 1) + torch.nn.functional.max_pool2d(-w[None], 3, 1, 1))[0] > 0.5
+    assert switch.any() and not switch.all()
+    far = torch.nn.functional.max_pool2d(switch.float()[None], 2 * (BOUNDARY_RADIUS + 2) + 1, 1, BOUNDARY_RADIUS + 2)[0] == 0
+    near = switch.expand_as(far)
+    assert far.any() and torch.equal(fused[:, :, far[0]], expected[:, :, far[0]])
+    assert (fused - expected).abs()[:, :, near[0]].mean() > 0.05

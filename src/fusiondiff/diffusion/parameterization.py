@@ -70,11 +70,14 @@ class Conditioning:
         quality of the base and leaves it only the correction to learn.
     condition: (sources, base) -> what the network sees as ``cond`` (None: the sources unchanged).
     logit_prior: blend models: sources -> logits [B, N, H, W] added to the network's (None: no prior).
+    confine: blend models: (x̂0, sources) -> x̂0 kept only where the task allows the network to act (e.g. near
+        focus boundaries) and a classical result elsewhere (None: the blend everywhere).
     """
 
     base: Callable[[torch.Tensor], torch.Tensor] | None = None
     condition: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     logit_prior: Callable[[torch.Tensor], torch.Tensor] | None = None
+    confine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def prepare(self, sources: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(residual base or None, network condition), the base computed once."""
@@ -82,8 +85,9 @@ class Conditioning:
         return base, (self.condition(sources, base) if self.condition is not None else sources)
 
     def blend(self, logits: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """:func:`blend_sources` with this conditioning's logit prior."""
-        return blend_sources(logits, sources, None if self.logit_prior is None else self.logit_prior(sources))
+        """:func:`blend_sources` with this conditioning's logit prior (and confinement)."""
+        fused = blend_sources(logits, sources, None if self.logit_prior is None else self.logit_prior(sources))
+        return fused if self.confine is None else self.confine(fused, sources)
 
 
 def to_diffused(target: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from fusiondiff.tasks.base import Task, load_pipeline, mean_base, register_task
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from fusiondiff.diffusion.parameterization import Conditioning
     from fusiondiff.evaluation import Evaluation, Metric
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,28 @@ def decision_map_prior(sources: Tensor) -> Tensor:
     return BLEND_PRIOR_LOGIT * decision_weights(sources.float())[:, :, 0]
 
 
+BOUNDARY_RADIUS = 8  # px around a decision-map switch where the ``decision_boundary`` model may act (blur 1-10 px)
+
+
+def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS) -> Tensor:
+    """Where a model may overturn the decision map: 1 within ``radius`` px of a pixel where the one-hot
+    ``weights`` [B, N, 1, H, W] switch source, tapering to 0 over the next 2 px, exactly 0 beyond, [B, 1, H, W]."""
+    w = weights[:, :, 0].float()
+    switch = (F.max_pool2d(w, 3, 1, 1) + F.max_pool2d(-w, 3, 1, 1)).amax(1, keepdim=True) > 0.5
+    near = F.max_pool2d(switch.float(), 2 * radius + 1, 1, radius)
+    return F.avg_pool2d(near, 5, 1, 2, count_include_pad=False)
+
+
+def confine_to_boundaries(fused: Tensor, sources: Tensor) -> Tensor:
+    """The ``decision_boundary`` confinement: the classical decision map, exactly, farther than
+    BOUNDARY_RADIUS (+2) px from its own source switches; the model's x̂0 near them (where the defocus spread
+    of a blurred foreground leaves no source right)."""
+    weights = decision_weights(sources.float())
+    gate = boundary_gate(weights).to(fused.dtype)
+    copy = (weights.to(sources.dtype) * sources).sum(1).to(fused.dtype)
+    return copy + gate * (fused - copy)
+
+
 def _classical_base(name: str) -> Callable[[Tensor], Tensor]:
     fn = CLASSICAL_METHODS[name]
     return lambda sources: fn(sources).to(sources.dtype)
@@ -160,7 +184,14 @@ class MultiFocusTask(Task):
         return {"mean": mean_base, **{name: _classical_base(name) for name in CLASSICAL_METHODS}}
 
     def logit_priors(self) -> dict[str, Callable[[Tensor], Tensor]]:
-        return {"decision_map": decision_map_prior}
+        # decision_boundary: the same prior, the output confined to decision-map boundaries (confine_to_boundaries)
+        return {"decision_map": decision_map_prior, "decision_boundary": decision_map_prior}
+
+    def conditioning(self, prediction: str, residual: bool | str | None) -> Conditioning:
+        base = super().conditioning(prediction, residual)
+        if prediction == "blend" and residual == "decision_boundary":
+            return replace(base, confine=confine_to_boundaries)
+        return base
 
     def baselines(self) -> dict[str, Callable[..., Tensor]]:
         return dict(CLASSICAL_METHODS)
