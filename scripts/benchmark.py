@@ -4,6 +4,8 @@
     python scripts/benchmark.py --device cuda --json outputs/bench_gpu.json
     python scripts/benchmark.py --quick                 # fewer step counts, no 4K run
 
+0. the model at its default step count against the classical decision map, per pair, warm, in one process
+   (their time ratio; ``--ratio``: only this);
 1. seconds and peak memory per 520 x 520 pair for each sampler and step count (model: ``--model``,
    default the shipped bundle);
 2. one denoising step of the FusionDiff-size network (29 M parameters) at 520 x 520, and the
@@ -81,6 +83,19 @@ def job_sample(args: dict) -> dict:
 
     seconds = _time(run, args["repeats"], args["device"])
     return {"seconds": seconds, "peak_mb": _peak_mb(args["device"])}
+
+
+def job_versus_decision_map(args: dict) -> dict:
+    """The model at its own default steps and the classical decision map on one pair, warm, one process."""
+    from fusiondiff.tasks import load_pipeline
+    from fusiondiff.tasks.multifocus import decision_map
+
+    torch.set_num_threads(args["threads"])
+    pipe = load_pipeline(args["model"], device=args["device"])
+    sources = _pair(args["size"], args["device"])
+    model = _time(lambda: pipe(sources, tile_size=None), args["repeats"], args["device"])
+    classical = _time(lambda: decision_map(sources[None]), args["repeats"], args["device"])
+    return {"model_s": model, "decision_map_s": classical, "ratio": model / classical, "steps": pipe.default_steps}
 
 
 def job_net_step(args: dict) -> dict:
@@ -235,6 +250,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("outputs/benchmark.json"))
     parser.add_argument("--stacks", action="store_true", help="only the 24 MP focus-stack table (section 5)")
     parser.add_argument("--stack-frames", type=int, nargs="+", default=[2, 8, 32, 50])
+    parser.add_argument("--ratio", action="store_true", help="only the model / decision map time ratio (section 0)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.samplers = [1, 4], ["ddim"]
@@ -250,14 +266,24 @@ def main() -> None:
     common = {"device": dev, "threads": args.threads, "repeats": args.repeats, "size": tuple(args.size), "model": args.model,
               "channels_last": args.channels_last, "bf16": args.bf16}  # fmt: skip
 
+    PLAN["total"] = 1
+    print(f"\n## Model vs classical decision map, {args.size[0]} x {args.size[1]} pair, warm, one process\n")
+    r = in_subprocess(job_versus_decision_map, common)
+    print(f"model ({r['steps']} step{'s' if r['steps'] != 1 else ''}): {r['model_s']:.3f} s, decision map: "
+          f"{r['decision_map_s']:.3f} s, ratio {r['ratio']:.1f}x")  # fmt: skip
+    report["versus_decision_map"] = r
+    if args.ratio:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        return
     if args.stacks:
-        PLAN["total"] = len(args.stack_frames) + 1
+        PLAN["total"] = len(args.stack_frames) + 2
         stack_benchmark(args, report)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
         print(f"\nwritten {args.json}")
         return
-    PLAN["total"] = len(args.samplers) * len(args.steps) + 1 + len(model_configs()) + (0 if args.quick else 1)
+    PLAN["total"] = 1 + len(args.samplers) * len(args.steps) + 1 + len(model_configs()) + (0 if args.quick else 1)
     print(f"\n## Fusing one {args.size[0]} x {args.size[1]} pair (model: {args.model or 'shipped bundle'})\n")
     print(f"| sampler | steps | seconds | {mem} |\n|---|---|---|---|")
     rows = []
