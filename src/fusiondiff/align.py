@@ -214,13 +214,16 @@ def chain_order(num_frames: int, reference: int) -> list[tuple[int, int]]:
     return up + down
 
 
-def warp_to_reference(image: np.ndarray, matrix: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """The frame in the reference geometry (bilinear) and its coverage (True where the frame has the pixel)."""
+def warp_to_reference(
+    image: np.ndarray, matrix: np.ndarray, height: int, width: int, border: int = cv2.BORDER_CONSTANT
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frame in the reference geometry (bilinear; outside the frame 0, or ``border``, e.g. reflected) and
+    its coverage (True where the frame has the pixel)."""
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     affine = np.allclose(matrix[2], [0, 0, 1])
 
-    def warp(a: np.ndarray, value: float) -> np.ndarray:
-        size, border = (width, height), cv2.BORDER_CONSTANT
+    def warp(a: np.ndarray, value: float, border: int = border) -> np.ndarray:
+        size = (width, height)
         if affine:
             return cv2.warpAffine(a, matrix[:2], size, flags=flags, borderMode=border, borderValue=value)
         return cv2.warpPerspective(a, matrix, size, flags=flags, borderMode=border, borderValue=value)
@@ -228,5 +231,5 @@ def warp_to_reference(image: np.ndarray, matrix: np.ndarray, height: int, width:
     warped = warp(image, 0)
     if warped.ndim == 2 and image.ndim == 3:
         warped = warped[:, :, None]
-    coverage = warp(np.ones(image.shape[:2], np.float32), 0.0) > 0.999
+    coverage = warp(np.ones(image.shape[:2], np.float32), 0.0, cv2.BORDER_CONSTANT) > 0.999
     return warped, coverage

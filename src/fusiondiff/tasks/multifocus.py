@@ -338,12 +338,10 @@ def misaligned_pairs(cfg: DictConfig) -> list:
         (small_a, scale), (small_b, _) = align.working_image(a), align.working_image(b)
         matrix = align.rescale(align.register_pair(small_a, small_b, align.AlignConfig("ecc"))[0], scale)
         h, w = a.shape[:2]
-        flags, border = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REFLECT
-        b = (cv2.warpAffine(b, matrix[:2], (w, h), flags=flags, borderMode=border) if np.allclose(matrix[2], [0, 0, 1])
-             else cv2.warpPerspective(b, matrix, (w, h), flags=flags, borderMode=border))  # fmt: skip
+        b = align.warp_to_reference(b, matrix, h, w, border=cv2.BORDER_REFLECT)[0]
         corners = np.array([[0, 0, 1], [w, 0, 1], [w, h, 1], [0, h, 1]], float).T
         moved = matrix @ corners
-        return (b[:, :, None] if b.ndim == 2 else b), float(np.abs(moved[:2] / moved[2] - corners[:2]).max())
+        return b, float(np.abs(moved[:2] / moved[2] - corners[:2]).max())
 
     def loader(index):
         def load() -> dict:
