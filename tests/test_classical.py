@@ -3,6 +3,7 @@ import torch
 
 from fusiondiff.data import SyntheticMultiFocus
 from fusiondiff.filters import box_mean, guided_filter
+from fusiondiff.focus import select_max
 from fusiondiff.metrics.fusion import qabf
 from fusiondiff.tasks.multifocus import CLASSICAL_METHODS, get_classical
 
@@ -50,3 +51,13 @@ def test_bad_input():
         get_classical("decision_map")(torch.full((2, 3, 8, 8), float("nan")))
     with pytest.raises(ValueError, match="valid: average"):
         get_classical("wavelet")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_select_max_is_the_first_argmax_one_hot(n):
+    """The comparison-based select_max picks what one_hot(argmax) picks, ties (to the first) included."""
+    g = torch.Generator().manual_seed(n)
+    activity = torch.randint(0, 4, (2, n, 1, 19, 23), generator=g).double()  # many ties
+    expected = torch.nn.functional.one_hot(activity.argmax(1), n).permute(0, 4, 1, 2, 3).double()
+    assert torch.equal(select_max(activity), expected)
+    assert torch.equal(select_max(activity.float()), expected.float())
