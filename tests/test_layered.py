@@ -138,3 +138,39 @@ def test_decision_boundary_models_copy_the_decision_map_away_from_its_switches()
     near = switch.expand_as(far)
     assert far.any() and torch.equal(fused[:, :, far[0]], expected[:, :, far[0]])
     assert (fused - expected).abs()[:, :, near[0]].mean() > 0.05
+
+
+def test_decision_boundary_output_snaps_small_departures_to_the_decision_map():
+    """At inference (Conditioning.finish) a departure from the decision map below BOUNDARY_SNAP becomes the
+    decision map exactly, one above 2 x BOUNDARY_SNAP stays as the model made it, linear in between; the
+    training path (Conditioning.blend) never snaps."""
+    from fusiondiff.tasks import get_task
+    from fusiondiff.tasks.multifocus import BOUNDARY_SNAP, CLASSICAL_METHODS
+
+    sources = scenes(num_samples=1, size=32, seed=3)[0]["sources"][None]
+    conditioning = get_task("multifocus").conditioning("blend", "decision_boundary")
+    copy = CLASSICAL_METHODS["decision_map"](sources)
+    change = torch.zeros_like(copy)
+    change[..., :8] = 0.5 * BOUNDARY_SNAP  # small: dropped
+    change[..., 8:16] = 1.5 * BOUNDARY_SNAP  # halfway: half kept
+    change[..., 16:24] = -3 * BOUNDARY_SNAP  # large: kept
+    change[:, 1:, :, 24:] = 2.5 * BOUNDARY_SNAP  # one channel large: the whole pixel kept
+    out = conditioning.finish(copy + change, sources)
+    assert torch.equal(out[..., :8], copy[..., :8])
+    assert torch.allclose(out[..., 8:16] - copy[..., 8:16], torch.full_like(copy[..., 8:16], 0.75 * BOUNDARY_SNAP), atol=1e-6)
+    assert torch.allclose(out[..., 16:], (copy + change)[..., 16:], atol=1e-6)
+    assert get_task("multifocus").conditioning("blend", "decision_map").finish is None
+
+
+def test_pipeline_applies_finish_once_to_the_sampled_image(tmp_path):
+    """FusionPipeline runs its conditioning's ``finish`` on the sampler's result (inference only)."""
+    from dataclasses import replace
+
+    from fusiondiff.tasks import load_pipeline
+
+    pipe = load_pipeline()
+    sources = scenes(num_samples=1, size=32, seed=3)[0]["sources"]
+    plain = pipe(sources)
+    calls = []
+    pipe.conditioning = replace(pipe.conditioning, finish=lambda fused, src: calls.append(src.shape) or -fused)
+    assert torch.equal(pipe(sources), -plain) and calls == [(1, 2, 3, 32, 32)]

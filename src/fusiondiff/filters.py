@@ -86,6 +86,14 @@ def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     return out[..., :h, :w].to(x.dtype)
 
 
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Binary dilation of a 0/1 [B, C, H, W] map by a (2r+1)^2 square: 1 where any pixel within ``radius``
+    (Chebyshev) is set, as ``max_pool2d(mask, 2r+1, 1, r)`` but O(1) per pixel (an exact integer box count)."""
+    if radius <= 0:
+        return mask
+    return (_box_sum(mask, radius) > 0.5).to(mask.dtype)
+
+
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a (2r+1)^2 window of [B, C, H, W], counting only pixels inside the image."""
     if radius <= 0:

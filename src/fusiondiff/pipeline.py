@@ -206,6 +206,8 @@ class FusionPipeline:
             callback=callback, **sampler.options,
         )  # fmt: skip
         fused = from_diffused(fused, base)
+        if self.conditioning.finish is not None:
+            fused = self.conditioning.finish(fused, sources)
         return fused[0] if unbatched else fused
 
     def check_sources(self, num: int, height: int, width: int) -> None:

@@ -72,12 +72,15 @@ class Conditioning:
     logit_prior: blend models: sources -> logits [B, N, H, W] added to the network's (None: no prior).
     confine: blend models: (x̂0, sources) -> x̂0 kept only where the task allows the network to act (e.g. near
         focus boundaries) and a classical result elsewhere (None: the blend everywhere).
+    finish: (sampled image, sources) -> the pipeline's output, applied once to the sampler's result at
+        inference and never in training (where it could zero the loss's gradient; None: the result as is).
     """
 
     base: Callable[[torch.Tensor], torch.Tensor] | None = None
     condition: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
     logit_prior: Callable[[torch.Tensor], torch.Tensor] | None = None
     confine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def prepare(self, sources: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(residual base or None, network condition), the base computed once."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.errors import ConfigError, InputError
-from fusiondiff.filters import blur, box_mean, gaussian_kernel, guided_filter
+from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, guided_filter
 from fusiondiff.focus import decision_weights, gray, select_max
 from fusiondiff.models.bundle import ASSETS
 from fusiondiff.registry import Registry
@@ -158,7 +158,7 @@ def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS) -> Tensor:
     ``weights`` [B, N, 1, H, W] switch source, tapering to 0 over the next 2 px, exactly 0 beyond, [B, 1, H, W]."""
     w = weights[:, :, 0].float()
     switch = (F.max_pool2d(w, 3, 1, 1) + F.max_pool2d(-w, 3, 1, 1)).amax(1, keepdim=True) > 0.5
-    near = F.max_pool2d(switch.float(), 2 * radius + 1, 1, radius)
+    near = dilate(switch.float(), radius)
     return F.avg_pool2d(near, 5, 1, 2, count_include_pad=False)
 
 
@@ -170,6 +170,22 @@ def confine_to_boundaries(fused: Tensor, sources: Tensor) -> Tensor:
     gate = boundary_gate(weights).to(fused.dtype)
     copy = (weights.to(sources.dtype) * sources).sum(1).to(fused.dtype)
     return copy + gate * (fused - copy)
+
+
+BOUNDARY_SNAP = 0.03  # [-1, 1] units: smaller departures from the decision map are dropped (inference only)
+
+
+def snap_to_decision_map(fused: Tensor, sources: Tensor, threshold: float = BOUNDARY_SNAP) -> Tensor:
+    """The ``decision_boundary`` model's last step at inference: where its output departs from the decision
+    map by less than ``threshold`` (largest channel difference) it is the decision map exactly, from
+    2 x ``threshold`` on the model's own, linear in between. A halo correction replaces a blurred foreground
+    by background (a large change); the small departures are mostly a softening of textured detail next to
+    a switch, which costs Q^AB/F on real pairs (NOTES.md, session 11)."""
+    weights = decision_weights(sources.float())
+    copy = (weights.to(sources.dtype) * sources).sum(1).to(fused.dtype)
+    change = fused - copy
+    keep = ((change.abs().amax(1, keepdim=True) - threshold) / threshold).clamp(0, 1)
+    return copy + keep * change
 
 
 def _classical_base(name: str) -> Callable[[Tensor], Tensor]:
@@ -190,7 +206,7 @@ class MultiFocusTask(Task):
     def conditioning(self, prediction: str, residual: bool | str | None) -> Conditioning:
         base = super().conditioning(prediction, residual)
         if prediction == "blend" and residual == "decision_boundary":
-            return replace(base, confine=confine_to_boundaries)
+            return replace(base, confine=confine_to_boundaries, finish=snap_to_decision_map)
         return base
 
     def baselines(self) -> dict[str, Callable[..., Tensor]]:
