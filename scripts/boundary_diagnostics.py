@@ -6,11 +6,23 @@ Per dataset: the mean Q^AB/F of the model minus the decision map's, for the mode
 output kept only within R px of a decision-map boundary (the decision map elsewhere; R = --reach values);
 the share of pixels where the model's disagreement gate is open (> 0.5); and how many 128 px grid cells lie
 within 16 px of a decision-map boundary (what windowed inference would have to run).
+
+``--snap T ...`` (decision_boundary models) instead sweeps the threshold of their last step
+(tasks/multifocus.py snap_to_decision_map; T = 0: no snapping) on tuning data only: ``--dataset`` pairs (for
+NYU-D only the held-out pairs 81-100, which no model trained on) scored by Q^AB/F and Q_CB against the decision
+map, or with ``--layered N`` N layered scenes from scikit-image's *training* photos (seed 99; the benchmark's
+photos are held out) scored by PSNR inside the boundary band. Prints, per T, the mean difference to the
+decision map with its paired 95 % interval and the share of pixels the model changed:
+
+    python scripts/boundary_diagnostics.py --dataset $DATA/nyud100 --model <bundle> --snap 0 0.03 0.06 0.1
+    python scripts/boundary_diagnostics.py --layered 40 --model <bundle> --snap 0 0.03 0.06 0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +33,7 @@ from fusiondiff.diffusion.parameterization import disagreement_gate
 from fusiondiff.focus import decision_weights
 from fusiondiff.metrics import fusion
 from fusiondiff.tasks import load_pipeline
-from fusiondiff.tasks.multifocus import decision_map
+from fusiondiff.tasks.multifocus import NYUD_HELDOUT, decision_map, snap_to_decision_map
 
 
 def near_boundary(sources: torch.Tensor, reach: int) -> torch.Tensor:
@@ -34,10 +46,16 @@ def near_boundary(sources: torch.Tensor, reach: int) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--dataset")
     parser.add_argument("--model", required=True)
     parser.add_argument("--reach", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--snap", type=float, nargs="+", help="sweep the snap threshold of a decision_boundary model")
+    parser.add_argument("--layered", type=int, default=0, help="with --snap: N layered scenes from training photos")
     args = parser.parse_args()
+    if args.snap:
+        return snap_sweep(args)
+    if not args.dataset:
+        parser.error("--dataset is required (or --snap with --layered N)")
     pipe = load_pipeline(args.model)
     deltas = {"model": [], **{f"within {r} px": [] for r in args.reach}}
     gate_open, cells, total_cells = [], 0, 0
@@ -65,6 +83,55 @@ def main() -> None:
         print(f"  Q^AB/F - decision map, {name}: {sum(values) / n:+.5f}")
     print(f"  gate open (> 0.5): {100 * sum(gate_open) / n:.1f} % of pixels")
     print(f"  128 px cells within 16 px of a decision-map boundary: {cells} of {total_cells}")
+
+
+def snap_sweep(args: argparse.Namespace) -> None:
+    pipe = load_pipeline(args.model)
+    if pipe.conditioning.finish is None:
+        raise SystemExit(f"{args.model} has no last step to tune (not a residual=decision_boundary model)")
+    pipe.conditioning = replace(pipe.conditioning, finish=None)  # the raw confined output; snapped below
+    if args.layered:
+        from fusiondiff.data.datasets import SKIMAGE_TRAIN_PHOTOS, skimage_photos
+        from fusiondiff.data.layered import LayeredDefocus
+        from fusiondiff.metrics.reference import psnr
+
+        scenes = LayeredDefocus(photos=skimage_photos(SKIMAGE_TRAIN_PHOTOS[:6]), num_samples=args.layered, size=(256, 384),
+                                deterministic=True, seed=99, min_band=0.005)  # fmt: skip
+        items = (scenes[i] for i in range(len(scenes)))
+        about = f"{args.layered} layered scenes from training photos, PSNR in the boundary band"
+
+        def scores(item: dict, fused: torch.Tensor) -> dict[str, float]:
+            return {"psnr_band": psnr(fused, item["target"], mask=item["band"]).item()}
+    else:
+        samples = find_samples(args.dataset)
+        if any(s.name.startswith("NYU-D") for s in samples):
+            samples = [s for s in samples if s.name in NYUD_HELDOUT]
+        items = ({"sources": load_sources(s.sources, 3)} for s in samples)
+        about = f"{args.dataset}: {len(samples)} pairs"
+
+        def scores(item: dict, fused: torch.Tensor) -> dict[str, float]:
+            a, b = fusion.to_255(item["sources"])
+            f = fusion.to_255(fused)
+            return {name: fusion.SOURCE_METRICS[name](a, b, f).item() for name in ("qabf", "qcb")}
+
+    rows: dict[float, list[dict[str, float]]] = {t: [] for t in [0.0, *args.snap]}
+    for item in items:
+        sources = item["sources"]
+        dm, raw = decision_map(sources), pipe(sources).cpu()
+        base = scores(item, dm)
+        for t in rows:
+            fused = snap_to_decision_map(raw[None], sources[None], t)[0] if t else raw
+            changed = ((fused - dm).abs().amax(0) > 0.5 / 127.5).float().mean().item()
+            rows[t].append({k: v - base[k] for k, v in scores(item, fused).items()} | {"changed": changed})
+    print(about)
+    for t, values in rows.items():
+        cells = []
+        for key in [k for k in values[0] if k != "changed"]:
+            d = [v[key] for v in values]
+            half = 1.96 * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+            cells.append(f"{key} {statistics.mean(d):+.4f} ± {half:.4f}")
+        share = 100 * statistics.mean(v["changed"] for v in values)
+        print(f"  snap {t:<5g} - decision map: {', '.join(cells)}; pixels changed {share:.1f} %")
 
 
 if __name__ == "__main__":
