@@ -181,8 +181,7 @@ def snap_to_decision_map(fused: Tensor, sources: Tensor, threshold: float = BOUN
     2 x ``threshold`` on the model's own, linear in between. A halo correction replaces a blurred foreground
     by background (a large change); the small departures are mostly a softening of textured detail next to
     a switch, which costs Q^AB/F on real pairs (NOTES.md, session 11)."""
-    weights = decision_weights(sources.float())
-    copy = (weights.to(sources.dtype) * sources).sum(1).to(fused.dtype)
+    copy = decision_map(sources).to(fused.dtype)
     change = fused - copy
     keep = ((change.abs().amax(1, keepdim=True) - threshold) / threshold).clamp(0, 1)
     return copy + keep * change
