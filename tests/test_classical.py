@@ -61,3 +61,13 @@ def test_select_max_is_the_first_argmax_one_hot(n):
     expected = torch.nn.functional.one_hot(activity.argmax(1), n).permute(0, 4, 1, 2, 3).double()
     assert torch.equal(select_max(activity), expected)
     assert torch.equal(select_max(activity.float()), expected.float())
+
+
+def test_dilate_is_a_square_max_filter():
+    """filters.dilate (box count) marks exactly what a (2r+1)^2 max-pool marks, borders included."""
+    from fusiondiff.filters import dilate
+
+    mask = (torch.rand(2, 1, 37, 29, generator=torch.Generator().manual_seed(0)) > 0.97).float()
+    mask[0, 0, 0, 0] = mask[1, 0, -1, -1] = 1  # corners
+    for r in (0, 1, 3, 8):
+        assert torch.equal(dilate(mask, r), torch.nn.functional.max_pool2d(mask, 2 * r + 1, 1, r))
