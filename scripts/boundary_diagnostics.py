@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from fusiondiff.data.datasets import load_sources
 from fusiondiff.data.pairing import find_samples
 from fusiondiff.diffusion.parameterization import disagreement_gate
+from fusiondiff.evaluation.reports import paired_difference
 from fusiondiff.focus import decision_weights
 from fusiondiff.metrics import fusion
 from fusiondiff.tasks import load_pipeline
@@ -114,24 +115,26 @@ def snap_sweep(args: argparse.Namespace) -> None:
             f = fusion.to_255(fused)
             return {name: fusion.SOURCE_METRICS[name](a, b, f).item() for name in ("qabf", "qcb")}
 
-    rows: dict[float, list[dict[str, float]]] = {t: [] for t in [0.0, *args.snap]}
-    for item in items:
+    rows: list[dict] = []  # the evaluation's row format: method, image, metrics (paired with reports.paired_difference)
+    thresholds = [0.0, *args.snap]
+    for index, item in enumerate(items):
         sources = item["sources"]
         dm, raw = decision_map(sources), pipe(sources).cpu()
-        base = scores(item, dm)
-        for t in rows:
+        rows.append({"method": "decision_map", "image": index, **scores(item, dm)})
+        for t in thresholds:
             fused = snap_to_decision_map(raw[None], sources[None], t)[0] if t else raw
             changed = ((fused - dm).abs().amax(0) > 0.5 / 127.5).float().mean().item()
-            rows[t].append({k: v - base[k] for k, v in scores(item, fused).items()} | {"changed": changed})
+            rows.append({"method": f"snap {t:g}", "image": index, "changed": changed, **scores(item, fused)})
     print(about)
-    for t, values in rows.items():
+    names = [k for k in rows[0] if k not in ("method", "image")]
+    for t in thresholds:
+        label = f"snap {t:g}"
         cells = []
-        for key in [k for k in values[0] if k != "changed"]:
-            d = [v[key] for v in values]
-            half = 1.96 * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-            cells.append(f"{key} {statistics.mean(d):+.4f} ± {half:.4f}")
-        share = 100 * statistics.mean(v["changed"] for v in values)
-        print(f"  snap {t:<5g} - decision map: {', '.join(cells)}; pixels changed {share:.1f} %")
+        for name in names:
+            d = paired_difference(rows, label, "decision_map", name, lower_is_better=False)
+            cells.append(f"{name} {d['mean']:+.4f} ± {d['ci95']:.4f}")
+        share = 100 * statistics.mean(r["changed"] for r in rows if r["method"] == label)
+        print(f"  {label:<10} - decision map: {', '.join(cells)}; pixels changed {share:.1f} %")
 
 
 if __name__ == "__main__":
