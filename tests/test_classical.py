@@ -71,3 +71,48 @@ def test_dilate_is_a_square_max_filter():
     mask[0, 0, 0, 0] = mask[1, 0, -1, -1] = 1  # corners
     for r in (0, 1, 3, 8):
         assert torch.equal(dilate(mask, r), torch.nn.functional.max_pool2d(mask, 2 * r + 1, 1, r))
+
+
+def test_max3_is_a_3x3_max_pool():
+    """filters.max3 (separable maxima) equals max_pool2d(x, 3, 1, 1) exactly, at borders and with ties."""
+    from fusiondiff.filters import max3
+
+    g = torch.Generator().manual_seed(1)
+    for x in (torch.randn(2, 3, 17, 12, generator=g), torch.randint(-2, 3, (1, 2, 9, 31), generator=g).float()):
+        assert torch.equal(max3(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
+        assert not torch.equal(max3(x), x)
+
+
+def test_remember_focus_reuses_only_equal_sources_and_only_inside_its_scope():
+    """Inside remember_focus the decision weights of equal sources (a copy counts) are computed once and are
+    those of a fresh computation; changed sources are recomputed; outside the scope nothing is reused."""
+    from fusiondiff import focus
+
+    g = torch.Generator().manual_seed(2)
+    sources = torch.rand(1, 2, 3, 24, 20, generator=g) * 2 - 1
+    fresh = focus.decision_weights(sources)
+    assert focus.decision_weights(sources) is not fresh  # no scope: computed again
+    calls = []
+    original = focus.sum_modified_laplacian
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    focus.sum_modified_laplacian = counted
+    try:
+        with focus.remember_focus():
+            first = focus.decision_weights(sources)
+            assert torch.equal(first, fresh)
+            assert focus.decision_weights(sources.clone()) is first
+            assert torch.equal(focus.focus_features(sources)[:, :, :1], fresh)
+            assert len(calls) == 1
+            changed = sources.clone()
+            changed[..., :12, :] = changed[..., :12, :].flip(1)  # swap the sources in the top half
+            again = focus.decision_weights(changed)
+            assert len(calls) == 2
+        assert torch.equal(again, focus.decision_weights(changed)) and not torch.equal(again, fresh)
+        focus.decision_weights(sources)
+        assert len(calls) == 4  # the scope is closed
+    finally:
+        focus.sum_modified_laplacian = original

@@ -69,3 +69,30 @@ def test_decision_map_unet_sees_the_focus_features():
         DecisionMapUNet(3, 2, source_channels=6)
     with pytest.raises(ValueError, match="at least two sources"):
         DecisionMapUNet(3, 1)
+
+
+def test_space_to_depth_net_is_local_and_starts_at_zero():
+    """SpaceToDepthNet: zero output at initialisation (a blend model starts at its prior); any size (padded
+    to its cell size); each output depends only on its neighbourhood (coarse blocks + focus features: < 40 px
+    here), the noisy image, the sources and t; clear errors."""
+    from fusiondiff.errors import ConfigError
+    from fusiondiff.models import SpaceToDepthNet
+
+    torch.manual_seed(0)
+    net = SpaceToDepthNet(3, 2, base_channels=8, factor=4, num_blocks=2, out_channels=5)
+    sources, x_t, t = torch.rand(1, 2, 3, 30, 70) * 2 - 1, torch.randn(1, 3, 30, 70), torch.tensor([500])
+    assert torch.equal(net(x_t, t, sources), torch.zeros(1, 5, 30, 70))
+    for p in net.out.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    out = net(x_t, t, sources)
+    assert out.shape == (1, 5, 30, 70)
+    far = sources.clone()
+    far[..., 50:] = -far[..., 50:]
+    changed = net(x_t, t, far)
+    assert torch.equal(changed[..., :10], out[..., :10]) and not torch.equal(changed[..., 40:], out[..., 40:])
+    assert not torch.equal(net(x_t.flip(-1), t, sources), out) and not torch.equal(net(x_t, t + 300, sources), out)
+    torch.testing.assert_close(net(x_t, t, sources.flatten(1, 2)), out)
+    with pytest.raises(ValueError, match="cond must be"):
+        net(x_t, t, sources[:, :1])
+    with pytest.raises(ConfigError, match="SpaceToDepthNet needs"):
+        SpaceToDepthNet(3, 1)

@@ -6,6 +6,8 @@ Sources are [B, N, C, H, W] in [-1, 1]; C is 1 or 3 (colour is measured on its B
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -41,22 +43,55 @@ def sum_modified_laplacian(image: Tensor, radius: int = 3) -> Tensor:
     return box_mean(ml, radius)
 
 
-def decision_weights(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
-    """One-hot [B, N, 1, H, W]: per pixel the source with the largest SML, after a majority (consistency) filter."""
+_MEMO: list[dict] = []  # one dict per open remember_focus() scope; _focus caches in the innermost
+
+
+@contextmanager
+def remember_focus():
+    """Within this scope the focus measure and decision weights of the same sources are computed once.
+
+    One model call needs the decision map several times for the same sources (a blend model's logit prior,
+    its network's inputs, its confinement, its last step), partly on copies of them;
+    :class:`fusiondiff.pipeline.FusionPipeline` opens this scope around a call (its task's
+    ``Conditioning.scope``). The last result is kept with a copy of its input and reused for any input equal
+    to that copy (same shape, dtype, device and values), so it is exact whatever happens to the inputs;
+    callers must not modify the returned tensors in place. Nothing is kept after the scope (timing the
+    classical decision map, or a model call, never reuses an earlier call's work).
+    """
+    _MEMO.append({})
+    try:
+        yield
+    finally:
+        _MEMO.pop()
+
+
+def _focus(sources: Tensor, radius: int, consistency_radius: int) -> tuple[Tensor, Tensor]:
+    """(SML [B, N, 1, H, W], decision weights [B, N, 1, H, W]) of sources (see :func:`remember_focus`)."""
+    memo = _MEMO[-1] if _MEMO else None
+    last = memo.get((radius, consistency_radius)) if memo is not None else None
+    if last is not None and last[0].shape == sources.shape and last[0].dtype == sources.dtype:
+        if last[0].device == sources.device and torch.equal(last[0], sources):
+            return last[1]
     b, n, c, h, w = sources.shape
-    g = gray(sources.reshape(b * n, c, h, w))
-    sml = sum_modified_laplacian(g, radius).reshape(b, n, 1, h, w)
+    sml = sum_modified_laplacian(gray(sources.reshape(b * n, c, h, w)), radius).reshape(b, n, 1, h, w)
     votes = select_max(sml)
     smoothed = box_mean(votes.reshape(b, n, h, w), consistency_radius).reshape(b, n, 1, h, w)  # majority filter
-    return select_max(smoothed)
+    outputs = (sml, select_max(smoothed))
+    if memo is not None:
+        memo[(radius, consistency_radius)] = (sources.detach().clone(), outputs)
+    return outputs
+
+
+def decision_weights(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
+    """One-hot [B, N, 1, H, W]: per pixel the source with the largest SML, after a majority (consistency) filter."""
+    return _focus(sources, radius, consistency_radius)[1]
 
 
 def focus_features(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
     """Per source, [B, N, 2, H, W]: the decision map's one-hot choice (:func:`decision_weights`) and the
     source's share of the SML focus measure, SML_i / Σ_j SML_j (1/N where all are flat): what the decision
     map decided and how sure the focus measure is. Inputs of :class:`fusiondiff.models.DecisionMapUNet`."""
-    b, n, c, h, w = sources.shape
-    sml = sum_modified_laplacian(gray(sources.reshape(b * n, c, h, w)), radius).reshape(b, n, 1, h, w)
+    sml, weights = _focus(sources, radius, consistency_radius)
     total = sml.sum(1, keepdim=True)
-    share = torch.where(total > 1e-8, sml / total.clamp_min(1e-8), torch.full_like(sml, 1.0 / n))
-    return torch.cat([decision_weights(sources, radius, consistency_radius), share], dim=2)
+    share = torch.where(total > 1e-8, sml / total.clamp_min(1e-8), torch.full_like(sml, 1.0 / sources.shape[1]))
+    return torch.cat([weights, share], dim=2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,14 +201,15 @@ class FusionPipeline:
         b, _, _, h, w = sources.shape
         denoiser = tiling.wrap(EpsDenoiser(self.net, self.schedule, self.prediction, self.conditioning), h, w)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        base, cond = self.conditioning.prepare(sources)
-        fused = get_sampler(sampler.name)(
-            denoiser, self.schedule, cond, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=sampler.clip_x0,
-            callback=callback, **sampler.options,
-        )  # fmt: skip
-        fused = from_diffused(fused, base)
-        if self.conditioning.finish is not None:
-            fused = self.conditioning.finish(fused, sources)
+        with (self.conditioning.scope or nullcontext)():
+            base, cond = self.conditioning.prepare(sources)
+            fused = get_sampler(sampler.name)(
+                denoiser, self.schedule, cond, ts, shape=(b, self.channels, h, w), generator=gen, clip_x0=sampler.clip_x0,
+                callback=callback, **sampler.options,
+            )  # fmt: skip
+            fused = from_diffused(fused, base)
+            if self.conditioning.finish is not None:
+                fused = self.conditioning.finish(fused, sources)
         return fused[0] if unbatched else fused
 
     def check_sources(self, num: int, height: int, width: int) -> None:

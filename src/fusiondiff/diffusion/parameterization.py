@@ -9,14 +9,15 @@ v-prediction there; the conversions below are exact, so the samplers only ever s
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fusiondiff.diffusion.schedules import NoiseSchedule, _gather
+from fusiondiff.filters import max3
 
 PREDICTIONS = ("eps", "x0", "v", "blend")
 
@@ -32,7 +33,7 @@ def disagreement_gate(sources: torch.Tensor, scale: float = 0.1) -> torch.Tensor
     clipped to [0, 1] and widened by one pixel (3x3 max), [B, 1, H, W]. Zero only where the sources are equal
     (in a 3x3 neighbourhood), so a gated correction is exactly zero there."""
     spread = (sources.amax(1) - sources.amin(1)).amax(1, keepdim=True)
-    return F.max_pool2d((spread / scale).clamp(0, 1), 3, stride=1, padding=1)
+    return max3((spread / scale).clamp(0, 1))
 
 
 def blend_sources(out: torch.Tensor, sources: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,6 +75,8 @@ class Conditioning:
         focus boundaries) and a classical result elsewhere (None: the blend everywhere).
     finish: (sampled image, sources) -> the pipeline's output, applied once to the sampler's result at
         inference and never in training (where it could zero the loss's gradient; None: the result as is).
+    scope: a context manager factory the pipeline enters around one call (the multi-focus task's computes
+        the decision map once per call instead of once per use; None: nothing).
     """
 
     base: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -81,6 +84,7 @@ class Conditioning:
     logit_prior: Callable[[torch.Tensor], torch.Tensor] | None = None
     confine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    scope: Callable[[], AbstractContextManager] | None = None
 
     def prepare(self, sources: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(residual base or None, network condition), the base computed once."""

@@ -2,6 +2,7 @@
 
 from fusiondiff.models.discriminator import PatchDiscriminator
 from fusiondiff.models.hdr import FeatureConditionGenerator, HDRConditionalUNet
+from fusiondiff.models.shuffle import SpaceToDepthNet
 from fusiondiff.models.stack import FrameSharedUNet
 from fusiondiff.models.unet import ConditionalUNet, DecisionMapUNet
 
@@ -12,4 +13,5 @@ __all__ = [
     "FrameSharedUNet",
     "HDRConditionalUNet",
     "PatchDiscriminator",
+    "SpaceToDepthNet",
 ]

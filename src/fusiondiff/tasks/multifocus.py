@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.errors import ConfigError, InputError
-from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, guided_filter
-from fusiondiff.focus import decision_weights, gray, select_max
+from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, guided_filter, max3
+from fusiondiff.focus import decision_weights, gray, remember_focus, select_max
 from fusiondiff.models.bundle import ASSETS
 from fusiondiff.registry import Registry
 from fusiondiff.tasks.base import Task, load_pipeline, mean_base, register_task
@@ -157,7 +157,7 @@ def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS) -> Tensor:
     """Where a model may overturn the decision map: 1 within ``radius`` px of a pixel where the one-hot
     ``weights`` [B, N, 1, H, W] switch source, tapering to 0 over the next 2 px, exactly 0 beyond, [B, 1, H, W]."""
     w = weights[:, :, 0].float()
-    switch = (F.max_pool2d(w, 3, 1, 1) + F.max_pool2d(-w, 3, 1, 1)).amax(1, keepdim=True) > 0.5
+    switch = (max3(w) + max3(-w)).amax(1, keepdim=True) > 0.5
     near = dilate(switch.float(), radius)
     return F.avg_pool2d(near, 5, 1, 2, count_include_pad=False)
 
@@ -168,8 +168,13 @@ def confine_to_boundaries(fused: Tensor, sources: Tensor) -> Tensor:
     of a blurred foreground leaves no source right)."""
     weights = decision_weights(sources.float())
     gate = boundary_gate(weights).to(fused.dtype)
-    copy = (weights.to(sources.dtype) * sources).sum(1).to(fused.dtype)
+    copy = _decision_copy(sources, weights).to(fused.dtype)
     return copy + gate * (fused - copy)
+
+
+def _decision_copy(sources: Tensor, weights: Tensor) -> Tensor:
+    """The decision map's image from its one-hot ``weights``: :func:`decision_map` without the input checks."""
+    return (weights.to(sources.dtype) * sources).sum(1)
 
 
 BOUNDARY_SNAP = 0.03  # [-1, 1] units: smaller departures from the decision map are dropped (inference only)
@@ -181,7 +186,7 @@ def snap_to_decision_map(fused: Tensor, sources: Tensor, threshold: float = BOUN
     2 x ``threshold`` on the model's own, linear in between. A halo correction replaces a blurred foreground
     by background (a large change); the small departures are mostly a softening of textured detail next to
     a switch, which costs Q^AB/F on real pairs (NOTES.md, session 11)."""
-    copy = decision_map(sources).to(fused.dtype)
+    copy = _decision_copy(sources, decision_weights(sources.float())).to(fused.dtype)
     change = fused - copy
     keep = ((change.abs().amax(1, keepdim=True) - threshold) / threshold).clamp(0, 1)
     return copy + keep * change
@@ -203,7 +208,7 @@ class MultiFocusTask(Task):
         return {"decision_map": decision_map_prior, "decision_boundary": decision_map_prior}
 
     def conditioning(self, prediction: str, residual: bool | str | None) -> Conditioning:
-        base = super().conditioning(prediction, residual)
+        base = replace(super().conditioning(prediction, residual), scope=remember_focus)
         if prediction == "blend" and residual == "decision_boundary":
             return replace(base, confine=confine_to_boundaries, finish=snap_to_decision_map)
         return base
