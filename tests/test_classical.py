@@ -73,14 +73,15 @@ def test_dilate_is_a_square_max_filter():
         assert torch.equal(dilate(mask, r), torch.nn.functional.max_pool2d(mask, 2 * r + 1, 1, r))
 
 
-def test_max3_is_a_3x3_max_pool():
-    """filters.max3 (separable maxima) equals max_pool2d(x, 3, 1, 1) exactly, at borders and with ties."""
-    from fusiondiff.filters import max3
+def test_max_filter_is_a_square_max_pool():
+    """filters.max_filter (separable maxima over doubling spans) equals max_pool2d exactly, borders and ties."""
+    from fusiondiff.filters import max_filter
 
     g = torch.Generator().manual_seed(1)
     for x in (torch.randn(2, 3, 17, 12, generator=g), torch.randint(-2, 3, (1, 2, 9, 31), generator=g).float()):
-        assert torch.equal(max3(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
-        assert not torch.equal(max3(x), x)
+        for r in (1, 2, 3, 4, 5, 8):
+            assert torch.equal(max_filter(x, r), torch.nn.functional.max_pool2d(x, 2 * r + 1, 1, r))
+        assert not torch.equal(max_filter(x, 1), x)
 
 
 def test_remember_focus_reuses_only_equal_sources_and_only_inside_its_scope():

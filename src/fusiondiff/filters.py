@@ -86,21 +86,27 @@ def _box_sum(x: torch.Tensor, radius: int) -> torch.Tensor:
     return out[..., :h, :w].to(x.dtype)
 
 
-def max3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 maximum filter of [..., H, W] (-inf outside the image): ``max_pool2d(x, 3, 1, 1)`` exactly, as two
-    separable passes of elementwise maxima (~15x faster on CPU)."""
-    p = F.pad(x, (1, 1, 0, 0), value=float("-inf"))
-    rows = torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
-    p = F.pad(rows, (0, 0, 1, 1), value=float("-inf"))
-    return torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
+def max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Maximum over a (2r+1)^2 square of [..., H, W], -inf outside the image: ``max_pool2d(x, 2r+1, 1, r)``
+    exactly, as two separable passes of elementwise maxima over doubling spans (O(log r) per pixel; ~15x
+    faster than max_pool2d on CPU at r = 1)."""
+    if radius <= 0:
+        return x
+    k = 2 * radius + 1
+    for dim, pad in ((-1, (radius, radius, 0, 0)), (-2, (0, 0, radius, radius))):
+        n = x.shape[dim]
+        m, span = F.pad(x, pad, value=float("-inf")), 1
+        while 2 * span <= k:  # m[i] = max of the padded row over [i, i + span)
+            m = torch.maximum(m.narrow(dim, 0, m.shape[dim] - span), m.narrow(dim, span, m.shape[dim] - span))
+            span *= 2
+        x = torch.maximum(m.narrow(dim, 0, n), m.narrow(dim, k - span, n))  # [i, i + span) and [i + k - span, i + k)
+    return x
 
 
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """Binary dilation of a 0/1 [B, C, H, W] map by a (2r+1)^2 square: 1 where any pixel within ``radius``
-    (Chebyshev) is set, as ``max_pool2d(mask, 2r+1, 1, r)`` but O(1) per pixel (an exact integer box count)."""
-    if radius <= 0:
-        return mask
-    return (_box_sum(mask, radius) > 0.5).to(mask.dtype)
+    (Chebyshev) is set (:func:`max_filter`)."""
+    return max_filter(mask, radius)
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:

@@ -53,10 +53,11 @@ def remember_focus():
     One model call needs the decision map several times for the same sources (a blend model's logit prior,
     its network's inputs, its confinement, its last step), partly on copies of them;
     :class:`fusiondiff.pipeline.FusionPipeline` opens this scope around a call (its task's
-    ``Conditioning.scope``). The last result is kept with a copy of its input and reused for any input equal
-    to that copy (same shape, dtype, device and values), so it is exact whatever happens to the inputs;
-    callers must not modify the returned tensors in place. Nothing is kept after the scope (timing the
-    classical decision map, or a model call, never reuses an earlier call's work).
+    ``Conditioning.scope``). The last result is kept with a reference to its input and reused for that
+    tensor or any input equal to it (same shape, dtype, device and values; no copy is made, so a 24 MP pair
+    costs no extra memory). Code inside the scope must therefore not modify sources in place, nor the
+    returned tensors. Nothing is kept after the scope (timing the classical decision map, or a model call,
+    never reuses an earlier call's work).
     """
     _MEMO.append({})
     try:
@@ -70,7 +71,7 @@ def _focus(sources: Tensor, radius: int, consistency_radius: int) -> tuple[Tenso
     memo = _MEMO[-1] if _MEMO else None
     last = memo.get((radius, consistency_radius)) if memo is not None else None
     if last is not None and last[0].shape == sources.shape and last[0].dtype == sources.dtype:
-        if last[0].device == sources.device and torch.equal(last[0], sources):
+        if last[0] is sources or (last[0].device == sources.device and torch.equal(last[0], sources)):
             return last[1]
     b, n, c, h, w = sources.shape
     sml = sum_modified_laplacian(gray(sources.reshape(b * n, c, h, w)), radius).reshape(b, n, 1, h, w)
@@ -78,7 +79,7 @@ def _focus(sources: Tensor, radius: int, consistency_radius: int) -> tuple[Tenso
     smoothed = box_mean(votes.reshape(b, n, h, w), consistency_radius).reshape(b, n, 1, h, w)  # majority filter
     outputs = (sml, select_max(smoothed))
     if memo is not None:
-        memo[(radius, consistency_radius)] = (sources.detach().clone(), outputs)
+        memo[(radius, consistency_radius)] = (sources, outputs)
     return outputs
 
 

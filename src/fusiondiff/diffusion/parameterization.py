@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fusiondiff.diffusion.schedules import NoiseSchedule, _gather
-from fusiondiff.filters import max3
+from fusiondiff.filters import max_filter
 
 PREDICTIONS = ("eps", "x0", "v", "blend")
 
@@ -33,7 +33,7 @@ def disagreement_gate(sources: torch.Tensor, scale: float = 0.1) -> torch.Tensor
     clipped to [0, 1] and widened by one pixel (3x3 max), [B, 1, H, W]. Zero only where the sources are equal
     (in a 3x3 neighbourhood), so a gated correction is exactly zero there."""
     spread = (sources.amax(1) - sources.amin(1)).amax(1, keepdim=True)
-    return max3((spread / scale).clamp(0, 1))
+    return max_filter((spread / scale).clamp(0, 1), 1)
 
 
 def blend_sources(out: torch.Tensor, sources: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.errors import ConfigError, InputError
-from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, guided_filter, max3
+from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, guided_filter, max_filter
 from fusiondiff.focus import decision_weights, gray, remember_focus, select_max
 from fusiondiff.models.bundle import ASSETS
 from fusiondiff.registry import Registry
@@ -157,7 +157,7 @@ def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS) -> Tensor:
     """Where a model may overturn the decision map: 1 within ``radius`` px of a pixel where the one-hot
     ``weights`` [B, N, 1, H, W] switch source, tapering to 0 over the next 2 px, exactly 0 beyond, [B, 1, H, W]."""
     w = weights[:, :, 0].float()
-    switch = (max3(w) + max3(-w)).amax(1, keepdim=True) > 0.5
+    switch = (max_filter(w, 1) + max_filter(-w, 1)).amax(1, keepdim=True) > 0.5
     near = dilate(switch.float(), radius)
     return F.avg_pool2d(near, 5, 1, 2, count_include_pad=False)
 
