@@ -34,6 +34,28 @@ def test_a_blurred_foreground_spreads_over_the_sharp_background():
     assert torch.allclose(focus_fg[:, inside], truth[:, inside], atol=1e-6)  # the sharp disk itself
 
 
+def test_views_move_and_expose_each_source_and_the_truth_follows_the_sharp_source():
+    """render(views=): source k sees the scene moved by (dx, dy) and exposed by its gain; the truth shows the
+    background as the background-focused source sees it and the disk as the disk-focused source does."""
+    gen = torch.Generator().manual_seed(1)
+    background = torch.rand(3, 64, 64, generator=gen) * 1.6 - 0.8
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    dist = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()
+    alpha = (dist < 12).float()[None]
+    colour = torch.tensor([0.6, -0.5, 0.2]).reshape(3, 1, 1).expand(3, 64, 64)
+    layers = [(background, torch.ones(1, 64, 64), 0), (colour, alpha, 1)]
+    plain, plain_truth = render(layers, 2, 4.0, "disk")
+    assert torch.equal(render(layers, 2, 4.0, "disk", [(0, 0, 1), (0, 0, 1)])[0], plain)
+    moved, truth = render(layers, 2, 4.0, "disk", [(2.0, 0.0, 1.1), (0.0, -1.0, 0.9)])
+    torch.testing.assert_close(moved[0][..., 2:], (plain[0][..., :-2] + 1) * 1.1 - 1, atol=1e-5, rtol=0)  # 2 px right
+    up = (plain[1][..., 1:, :] + 1) * 0.9 - 1  # 1 px up (away from the borders, where the blur sees the padding)
+    torch.testing.assert_close(moved[1][..., 6:-7, 6:-6], up[..., 6:-6, 6:-6], atol=1e-5, rtol=0)
+    inside, outside = dist < 10, dist > 20  # beyond the disk, its move and its blur
+    torch.testing.assert_close(truth[:, inside], (colour[:, inside] + 1) * 0.9 - 1)  # the disk as source 1 sees it
+    torch.testing.assert_close(truth[:, outside & (xx > 3)], moved[0][:, outside & (xx > 3)], atol=1e-5, rtol=0)
+    assert not torch.allclose(truth, plain_truth, atol=0.05)
+
+
 def test_in_the_band_no_source_and_no_blend_of_them_is_right():
     data = scenes()
     for i in range(len(data)):

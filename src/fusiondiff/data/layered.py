@@ -83,21 +83,47 @@ def defocus_kernel(radius: float, kind: str) -> Tensor:
     return disk_kernel(radius) if kind == "disk" else gaussian_kernel(max(radius / 2, 0.3))
 
 
-def render(layers: Sequence[tuple[Tensor, Tensor, int]], planes: int, radius: float, kernel: str) -> tuple[Tensor, Tensor]:
+def render(
+    layers: Sequence[tuple[Tensor, Tensor, int]],
+    planes: int,
+    radius: float,
+    kernel: str,
+    views: Sequence[tuple[float, float, float]] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Sources [N, C, H, W] and ground truth [C, H, W] of ``layers`` = [(colour [C, H, W], alpha [1, H, W],
     plane)], back to front (the first is the background, alpha 1). Premultiplied compositing with each
-    layer's colour *and* alpha blurred by its defocus in that source."""
+    layer's colour *and* alpha blurred by its defocus in that source.
+
+    ``views`` (one (dx, dy, gain) per source, None: all (0, 0, 1)): source k sees the whole scene moved by
+    (dx, dy) px and its exposure scaled by ``gain`` (as real pairs differ by a little camera motion or focus
+    breathing and by exposure); the truth shows each layer as the source focused on its plane sees it, which
+    is what copying every region from its sharp source gives (the decision map's answer where it is right).
+    """
+    views = [(0.0, 0.0, 1.0)] * planes if views is None else list(views)
+
+    def seen(colour: Tensor, alpha: Tensor, view: tuple[float, float, float]) -> tuple[Tensor, Tensor]:
+        dx, dy, gain = view
+        if dx or dy:
+            h, w = colour.shape[-2:]
+            theta = torch.tensor([[[1.0, 0.0, -2 * dx / w], [0.0, 1.0, -2 * dy / h]]])
+            grid = F.affine_grid(theta, (1, 1, h, w), align_corners=False)
+            both = F.grid_sample(torch.cat([colour, alpha])[None], grid, padding_mode="border", align_corners=False)[0]
+            colour, alpha = both[:-1], both[-1:]
+        return ((colour + 1) * gain - 1 if gain != 1 else colour), alpha
+
     sources = []
     for focus in range(planes):
         out = None
         for colour, alpha, plane in layers:
+            colour, alpha = seen(colour, alpha, views[focus])
             k = defocus_kernel(radius * abs(plane - focus) / max(planes - 1, 1), kernel)
             a = blur(alpha, k) if k.numel() > 1 else alpha
             premult = blur(colour * alpha, k) if k.numel() > 1 else colour * alpha
             out = premult if out is None else premult + (1 - a) * out
         sources.append(out)
     truth = None
-    for colour, alpha, _ in layers:
+    for colour, alpha, plane in layers:
+        colour, alpha = seen(colour, alpha, views[plane])
         truth = colour if truth is None else alpha * colour + (1 - alpha) * truth
     return torch.stack(sources).clamp(-1, 1), truth.clamp(-1, 1)
 
@@ -116,6 +142,9 @@ class LayeredDefocus(Dataset):
         radius: (min, max) blur radius in px between the nearest and the farthest plane.
         noise: (min, max) Gaussian noise σ added to each source (0..1 scale); ``jpeg``: probability that the
             sources are stored as JPEG (quality 70-95) before being returned.
+        shift, gain: each source sees the scene moved by up to ``shift`` px in x and y and its exposure scaled
+            by up to 1 ± ``gain`` (uniform draws per source; the truth keeps every layer as its sharp source
+            sees it, :func:`render`); 0: exactly registered and equally exposed sources.
         band_threshold: a pixel is in the band when every source is further than this from the truth
             (max over channels, [-1, 1] scale; 0.03 ≈ 4/255).
         min_band: redraw a scene (up to 20 times) whose band covers less than this share of its pixels.
@@ -137,6 +166,8 @@ class LayeredDefocus(Dataset):
         shapes: Sequence[str] = SHAPES,
         noise: Sequence[float] = (0.0, 0.0),
         jpeg: float = 0.0,
+        shift: float = 0.0,
+        gain: float = 0.0,
         channels: int = 3,
         band_threshold: float = 0.03,
         min_band: float = 0.0,
@@ -170,6 +201,9 @@ class LayeredDefocus(Dataset):
         self.radius, self.kernels, self.shapes = tuple(radius), tuple(kernels), tuple(shapes)
         self.noise, self.jpeg, self.channels, self.band_threshold = tuple(noise), float(jpeg), channels, band_threshold
         self.min_band, self.maps = min_band, maps
+        if shift < 0 or not 0 <= gain < 1:
+            raise ConfigError(f"need shift >= 0 and 0 <= gain < 1, got {shift}, {gain}")
+        self.shift, self.gain = float(shift), float(gain)
         self.deterministic, self.seed = deterministic, seed
 
     def __len__(self) -> int:
@@ -218,7 +252,11 @@ class LayeredDefocus(Dataset):
         stack = [stack[0]] + sorted(stack[1:], key=lambda layer: -abs(layer[2] - near))
         radius = _rand(gen, *self.radius)
         kernel = self.kernels[int(torch.randint(0, len(self.kernels), (), generator=gen))]
-        sources, truth = render(stack, self.planes, radius, kernel)
+        views = None
+        if self.shift or self.gain:
+            views = [(_rand(gen, -self.shift, self.shift), _rand(gen, -self.shift, self.shift),
+                      _rand(gen, 1 - self.gain, 1 + self.gain)) for _ in range(self.planes)]  # fmt: skip
+        sources, truth = render(stack, self.planes, radius, kernel, views)
         error = (sources - truth[None]).abs().amax(1)  # [N, S, S]
         band = (error.amin(0) > self.band_threshold)[None]
         depth = torch.full((1, side, side), far, dtype=torch.long)
