@@ -93,9 +93,16 @@ def job_versus_decision_map(args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     pipe = load_pipeline(args["model"], device=args["device"])
     sources = _pair(args["size"], args["device"])
-    model = _time(lambda: pipe(sources, tile_size=None), args["repeats"], args["device"])
-    classical = _time(lambda: decision_map(sources[None]), args["repeats"], args["device"])
-    return {"model_s": model, "decision_map_s": classical, "ratio": model / classical, "steps": pipe.default_steps}
+    pairs = [  # interleaved, so that a machine slowing down or speeding up affects both alike
+        (
+            _time(lambda: pipe(sources, tile_size=None), 1, args["device"]),
+            _time(lambda: decision_map(sources[None]), 1, args["device"]),
+        )
+        for _ in range(args["repeats"])
+    ]
+    model, classical = statistics.median(m for m, _ in pairs), statistics.median(c for _, c in pairs)
+    ratio = statistics.median(m / c for m, c in pairs)
+    return {"model_s": model, "decision_map_s": classical, "ratio": ratio, "steps": pipe.default_steps}
 
 
 def job_net_step(args: dict) -> dict:
@@ -267,7 +274,8 @@ def main() -> None:
               "channels_last": args.channels_last, "bf16": args.bf16}  # fmt: skip
 
     PLAN["total"] = 1
-    print(f"\n## Model vs classical decision map, {args.size[0]} x {args.size[1]} pair, warm, one process\n")
+    print(f"\n## Model vs classical decision map, {args.size[0]} x {args.size[1]} pair, warm, one process, "
+          f"{args.repeats} interleaved pairs (medians)\n")  # fmt: skip
     r = in_subprocess(job_versus_decision_map, common)
     print(f"model ({r['steps']} step{'s' if r['steps'] != 1 else ''}): {r['model_s']:.3f} s, decision map: "
           f"{r['decision_map_s']:.3f} s, ratio {r['ratio']:.1f}x")  # fmt: skip
