@@ -96,3 +96,20 @@ def test_space_to_depth_net_is_local_and_starts_at_zero():
         net(x_t, t, sources[:, :1])
     with pytest.raises(ConfigError, match="SpaceToDepthNet needs"):
         SpaceToDepthNet(3, 1)
+    with pytest.raises(ConfigError, match="correction must be"):
+        SpaceToDepthNet(3, 2, out_channels=2, correction="affine")
+
+
+def test_space_to_depth_net_affine_correction_is_gains_on_the_sources_plus_an_offset():
+    """correction=affine: the correction channels are Σ_i β_i source_i + γ with per-pixel fields (here a
+    constant gain of 2 on source 1 and an offset of 0.25); the weight logits are left as they are."""
+    from fusiondiff.models import SpaceToDepthNet
+
+    net = SpaceToDepthNet(3, 2, base_channels=8, factor=4, num_blocks=1, out_channels=5, correction="affine")
+    sources, x_t, t = torch.rand(2, 2, 3, 18, 22) * 2 - 1, torch.randn(2, 3, 18, 22), torch.tensor([10, 20])
+    assert torch.equal(net(x_t, t, sources), torch.zeros(2, 5, 18, 22))
+    with torch.no_grad():
+        net.out[-1].bias[:] = torch.tensor([0.5, -0.5, 0.0, 2.0, 0.25, 0.25, 0.25])  # logits, gains, offsets
+    out = net(x_t, t, sources)
+    torch.testing.assert_close(out[:, :2], torch.tensor([0.5, -0.5]).reshape(1, 2, 1, 1).expand(2, 2, 18, 22))
+    torch.testing.assert_close(out[:, 2:], 2 * sources[:, 1] + 0.25)

@@ -8,6 +8,12 @@ one strided convolution reads the noisy image, the sources and their focus featu
 residual blocks run on that coarse grid, where each 3x3 convolution is 16x cheaper at factor 4; one strided
 transposed convolution writes every pixel of every cell its own output (depth-to-space), so the output is
 not blocky. No normalisation layer: each output depends only on its neighbourhood.
+
+A coarse grid cannot carry pixel detail into a correction that must leave the sources' convex hull (the
+blend weights carry it for copies). With ``correction="affine"`` the last C of N + C output channels are
+instead Σ_i β_i · source_i + γ, with per-pixel β (one per source) and γ (per channel) from the transposed
+convolution: smooth fields times the sources' own pixels. Removing a blurred foreground's veil of opacity α
+from a background, for example, is (source − α · veil) / (1 − α): a gain and an offset, both smooth.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class SpaceToDepthNet(nn.Module):
         num_blocks: residual blocks (two 3x3 convolutions each) on the coarse grid; with factor 4 each block
             widens the receptive field by 16 px.
         out_channels: default image_channels (``prediction=blend`` with a correction: N + C).
+        correction: ``direct`` (every output channel from the transposed convolution) or ``affine`` (needs
+            out_channels = N + C: the correction as gains on the sources plus an offset, module docstring).
     """
 
     EXTRA_CHANNELS = 2  # per source: the decision map's choice and the SML share (focus_features)
@@ -44,6 +52,7 @@ class SpaceToDepthNet(nn.Module):
         factor: int = 4,
         num_blocks: int = 2,
         out_channels: int | None = None,
+        correction: str = "direct",
     ) -> None:
         super().__init__()
         if num_sources < 2 or image_channels < 1 or base_channels < 2 or base_channels % 2 or factor < 1 or num_blocks < 0:
@@ -51,12 +60,12 @@ class SpaceToDepthNet(nn.Module):
                 "model: SpaceToDepthNet needs num_sources >= 2, image_channels >= 1, an even base_channels >= 2, "
                 f"factor >= 1, num_blocks >= 0; got {num_sources}, {image_channels}, {base_channels}, {factor}, {num_blocks}"
             )
-        self.image_channels, self.num_sources, self.factor, self.base_channels = (
-            image_channels,
-            num_sources,
-            factor,
-            base_channels,
-        )
+        out_channels = out_channels or image_channels
+        if correction not in ("direct", "affine") or (correction == "affine" and out_channels != num_sources + image_channels):
+            raise ConfigError(f"model.correction must be direct or affine (with out_channels = num_sources + image_channels = "
+                              f"{num_sources + image_channels}), got {correction!r} with {out_channels}")  # fmt: skip
+        self.image_channels, self.num_sources = image_channels, num_sources
+        self.factor, self.base_channels, self.correction = factor, base_channels, correction
         width = base_channels
         inputs = image_channels + num_sources * (image_channels + self.EXTRA_CHANNELS)
         self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
@@ -65,7 +74,8 @@ class SpaceToDepthNet(nn.Module):
             nn.Sequential(nn.SiLU(), nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, width, 3, padding=1))
             for _ in range(num_blocks)
         )
-        self.out = nn.Sequential(nn.SiLU(), nn.ConvTranspose2d(width, out_channels or image_channels, factor, stride=factor))
+        fields = out_channels + (num_sources if correction == "affine" else 0)  # affine: N logits, N gains, C offsets
+        self.out = nn.Sequential(nn.SiLU(), nn.ConvTranspose2d(width, fields, factor, stride=factor))
         nn.init.zeros_(self.out[-1].weight)  # a zero output: the blend model starts at its logit prior
         nn.init.zeros_(self.out[-1].bias)
 
@@ -94,4 +104,10 @@ class SpaceToDepthNet(nn.Module):
         hidden = self.inp(inp) + emb[:, :, None, None]
         for block in self.blocks:
             hidden = hidden + block(hidden)
-        return self.out(hidden)[..., :h, :w]
+        out = self.out(hidden)[..., :h, :w]
+        if self.correction == "direct":
+            return out
+        n = self.num_sources
+        gains, offset = out[:, n : 2 * n], out[:, 2 * n :]
+        residual = offset + (gains[:, :, None] * cond.to(out.dtype)).sum(1)
+        return torch.cat([out[:, :n], residual], dim=1)
