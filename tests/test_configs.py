@@ -19,7 +19,10 @@ def options(group: str) -> list[str]:
 def test_models_instantiate(model, tmp_path):
     cfg = compose_config("train", [f"model={model}"], tmp_path)
     net = instantiate(cfg.model)
-    assert isinstance(net, ConditionalUNet) or isinstance(getattr(net, "unet", None), ConditionalUNet)  # N-frame: shared
+    from fusiondiff.models import SpaceToDepthNet
+
+    shared = getattr(net, "unet", None)  # the N-frame network: one shared U-Net
+    assert isinstance(net, (ConditionalUNet, SpaceToDepthNet)) or isinstance(shared, ConditionalUNet)
 
 
 @pytest.mark.parametrize("diffusion", options("diffusion"))

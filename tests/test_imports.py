@@ -126,9 +126,12 @@ def test_lightning_only_in_training_and_the_train_cli():
 
 
 def test_diffusion_core_is_task_agnostic():
+    """The diffusion core imports only itself, the registry and filters (plain image filters that import
+    nothing of the project)."""
+    assert not imports_of("fusiondiff.filters")[0]
     for name in (m for m in MODULES if m.startswith("fusiondiff.diffusion")):
         ours, theirs = imports_of(name)
-        assert all(package_of(m) in ("diffusion", "registry") for m in ours), (name, ours)
+        assert all(package_of(m) in ("diffusion", "registry", "filters") for m in ours), (name, ours)
         assert not {"cv2", "lightning", "skimage", "kornia"} & theirs, (name, theirs)
 
 
