@@ -19,12 +19,11 @@ from a background, for example, is (source − α · veil) / (1 − α): a gain 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fusiondiff.errors import ConfigError
 from fusiondiff.focus import focus_features
-from fusiondiff.models.unet import timestep_embedding
+from fusiondiff.models.unet import pad_to_multiple, timestep_embedding
 
 
 class SpaceToDepthNet(nn.Module):
@@ -95,11 +94,7 @@ class SpaceToDepthNet(nn.Module):
             raise ValueError(f"cond must be [{b}, {self.num_sources}, {self.image_channels}, {h}, {w}], got {tuple(cond.shape)}")
         features = focus_features(cond.float()).to(x_t.dtype)
         inp = torch.cat([cond.flatten(1, 2).to(x_t.dtype), features.flatten(1, 2), x_t], dim=1)
-        if min(h, w) < self.min_size:
-            raise ValueError(f"image of {h}x{w} px is smaller than this network's minimum of {self.min_size} px per side")
-        ph, pw = (-h) % self.factor, (-w) % self.factor
-        if ph or pw:
-            inp = F.pad(inp, (0, pw, 0, ph), mode="reflect")
+        inp = pad_to_multiple(inp, self.factor, self.min_size)
         emb = self.time_mlp(timestep_embedding(t.to(x_t.device), self.base_channels).to(x_t.dtype))
         hidden = self.inp(inp) + emb[:, :, None, None]
         for block in self.blocks:

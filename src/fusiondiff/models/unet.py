@@ -30,6 +30,16 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def pad_to_multiple(x: torch.Tensor, factor: int, min_size: int) -> torch.Tensor:
+    """Reflect-pad [B, C, H, W] at the bottom / right to multiples of ``factor``, refusing images smaller
+    than ``min_size`` px a side (the networks crop their output back to H x W)."""
+    h, w = x.shape[-2:]
+    if min(h, w) < min_size:
+        raise ValueError(f"image of {h}x{w} px is smaller than this network's minimum of {min_size} px per side")
+    ph, pw = (-h) % factor, (-w) % factor
+    return F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv, plus the time embedding, then GroupNorm-SiLU-dropout-conv, with a skip."""
 
@@ -206,11 +216,7 @@ class ConditionalUNet(nn.Module):
             inp = torch.cat([cond.to(x_t.dtype), x_t], dim=1)
         else:
             inp = x_t
-        if min(h, w) < self.min_size:
-            raise ValueError(f"image of {h}x{w} px is smaller than this network's minimum of {self.min_size} px per side")
-        ph, pw = (-h) % self.factor, (-w) % self.factor
-        if ph or pw:
-            inp = F.pad(inp, (0, pw, 0, ph), mode="reflect")
+        inp = pad_to_multiple(inp, self.factor, self.min_size)
 
         emb = self.time_mlp(timestep_embedding(t.to(x_t.device), self.base_channels).to(x_t.dtype))
         context = self.condition_features(inp[:, : inp.shape[1] - c]) if self.num_sources else None
