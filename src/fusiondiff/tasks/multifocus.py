@@ -126,7 +126,12 @@ def guided_filter_fusion(
 @_batched
 def decision_map(sources: Tensor, radius: int = 3, consistency_radius: int = 7) -> Tensor:
     """Focus-measure fusion: copy, per pixel, the source chosen by :func:`decision_weights`."""
-    return (decision_weights(sources, radius, consistency_radius) * sources).sum(1)
+    return _decision_copy(sources, decision_weights(sources, radius, consistency_radius))
+
+
+def _decision_copy(sources: Tensor, weights: Tensor) -> Tensor:
+    """The decision map's image from its one-hot ``weights``: :func:`decision_map` without the input checks."""
+    return (weights.to(sources.dtype) * sources).sum(1)
 
 
 CLASSICAL_METHODS = Registry(
@@ -170,11 +175,6 @@ def confine_to_boundaries(fused: Tensor, sources: Tensor) -> Tensor:
     gate = boundary_gate(weights).to(fused.dtype)
     copy = _decision_copy(sources, weights).to(fused.dtype)
     return copy + gate * (fused - copy)
-
-
-def _decision_copy(sources: Tensor, weights: Tensor) -> Tensor:
-    """The decision map's image from its one-hot ``weights``: :func:`decision_map` without the input checks."""
-    return (weights.to(sources.dtype) * sources).sum(1)
 
 
 BOUNDARY_SNAP = 0.03  # [-1, 1] units: smaller departures from the decision map are dropped (inference only)
