@@ -100,6 +100,35 @@ def test_space_to_depth_net_is_local_and_starts_at_zero():
         SpaceToDepthNet(3, 2, out_channels=2, correction="affine")
 
 
+def test_space_to_depth_net_detail_head_reads_each_pixel_on_its_own():
+    """detail_channels: the full-resolution 1x1 head starts at zero too; with the coarse path silenced (zero
+    transposed-convolution weights) a change of x_t at one pixel changes that pixel's output only, not the
+    rest of its 4x4 cell (without the head every pixel of a cell is a read-out of the cell's features)."""
+    from fusiondiff.errors import ConfigError
+    from fusiondiff.models import SpaceToDepthNet
+
+    torch.manual_seed(0)
+    net = SpaceToDepthNet(3, 2, base_channels=8, factor=4, num_blocks=1, out_channels=5, detail_channels=6)
+    sources, x_t, t = torch.rand(1, 2, 3, 16, 20) * 2 - 1, torch.randn(1, 3, 16, 20), torch.tensor([7])
+    assert torch.equal(net(x_t, t, sources), torch.zeros(1, 5, 16, 20))
+    with torch.no_grad():
+        net.out[-1].weight.zero_()
+        for p in net.detail.parameters():
+            p.normal_(std=0.5)
+    out = net(x_t, t, sources)
+    poked = x_t.clone()
+    poked[..., 5, 6] += 1.0
+    diff = (net(poked, t, sources) - out).abs().amax(1)[0]
+    assert diff[5, 6] > 1e-3 and diff.sum() == diff[5, 6]
+    coarse = SpaceToDepthNet(3, 2, base_channels=8, factor=4, num_blocks=1, out_channels=5)
+    for p in coarse.out.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    cell = (coarse(poked, t, sources) - coarse(x_t, t, sources)).abs().amax(1)[0, 4:8, 4:8]
+    assert (cell > 0).all()
+    with pytest.raises(ConfigError, match="detail_channels >= 0"):
+        SpaceToDepthNet(3, 2, detail_channels=-1)
+
+
 def test_space_to_depth_net_affine_correction_is_gains_on_the_sources_plus_an_offset():
     """correction=affine: the correction channels are Σ_i β_i source_i + γ with per-pixel fields (here a
     constant gain of 2 on source 1 and an offset of 0.25); the weight logits are left as they are."""

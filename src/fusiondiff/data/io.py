@@ -9,6 +9,7 @@ half-written image.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -127,9 +128,11 @@ def transfer_chroma(luma_from: torch.Tensor, colour: torch.Tensor) -> torch.Tens
 
 def check_image_tensor(image: torch.Tensor, name: str = "image") -> None:
     """Raise a clear error for NaN/Inf or values outside [-1, 1] (small rounding slack allowed)."""
-    if not torch.isfinite(image).all():
+    if not image.numel():
+        return
+    lo, hi = (v.item() for v in torch.aminmax(image))  # one pass; a NaN anywhere makes both NaN
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ImageError(f"{name} contains NaN or Inf values")
-    lo, hi = image.min().item(), image.max().item()
     if lo < -1.001 or hi > 1.001:
         raise ImageError(f"{name} has values in [{lo:.3g}, {hi:.3g}]; expected [-1, 1] (map 0..1 images with x*2-1)")
 

@@ -14,6 +14,12 @@ blend weights carry it for copies). With ``correction="affine"`` the last C of N
 instead Σ_i β_i · source_i + γ, with per-pixel β (one per source) and γ (per channel) from the transposed
 convolution: smooth fields times the sources' own pixels. Removing a blurred foreground's veil of opacity α
 from a background, for example, is (source − α · veil) / (1 − α): a gain and an offset, both smooth.
+
+The transposed convolution alone makes every output pixel a linear function of its cell's features, so a
+switch between sources cannot sit at an exact pixel inside a cell. ``detail_channels`` > 0 adds a
+full-resolution head: the transposed convolution writes that many features per pixel, and two 1x1
+convolutions map them, together with the pixel's own inputs (x_t, sources, focus features), to the outputs:
+a per-pixel nonlinear read-out, two more cheap full-resolution passes.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class SpaceToDepthNet(nn.Module):
         out_channels: default image_channels (``prediction=blend`` with a correction: N + C).
         correction: ``direct`` (every output channel from the transposed convolution) or ``affine`` (needs
             out_channels = N + C: the correction as gains on the sources plus an offset, module docstring).
+        detail_channels: 0, or the width of the full-resolution 1x1 head (module docstring).
     """
 
     EXTRA_CHANNELS = 2  # per source: the decision map's choice and the SML share (focus_features)
@@ -52,12 +59,15 @@ class SpaceToDepthNet(nn.Module):
         num_blocks: int = 2,
         out_channels: int | None = None,
         correction: str = "direct",
+        detail_channels: int = 0,
     ) -> None:
         super().__init__()
-        if num_sources < 2 or image_channels < 1 or base_channels < 2 or base_channels % 2 or factor < 1 or num_blocks < 0:
+        if num_sources < 2 or image_channels < 1 or base_channels < 2 or base_channels % 2 or factor < 1 or num_blocks < 0 \
+                or detail_channels < 0:
             raise ConfigError(
                 "model: SpaceToDepthNet needs num_sources >= 2, image_channels >= 1, an even base_channels >= 2, "
-                f"factor >= 1, num_blocks >= 0; got {num_sources}, {image_channels}, {base_channels}, {factor}, {num_blocks}"
+                f"factor >= 1, num_blocks >= 0, detail_channels >= 0; got "
+                f"{num_sources}, {image_channels}, {base_channels}, {factor}, {num_blocks}, {detail_channels}"
             )
         out_channels = out_channels or image_channels
         if correction not in ("direct", "affine") or (correction == "affine" and out_channels != num_sources + image_channels):
@@ -74,9 +84,15 @@ class SpaceToDepthNet(nn.Module):
             for _ in range(num_blocks)
         )
         fields = out_channels + (num_sources if correction == "affine" else 0)  # affine: N logits, N gains, C offsets
-        self.out = nn.Sequential(nn.SiLU(), nn.ConvTranspose2d(width, fields, factor, stride=factor))
-        nn.init.zeros_(self.out[-1].weight)  # a zero output: the blend model starts at its logit prior
-        nn.init.zeros_(self.out[-1].bias)
+        self.out = nn.Sequential(nn.SiLU(), nn.ConvTranspose2d(width, detail_channels or fields, factor, stride=factor))
+        self.detail = None
+        if detail_channels:
+            self.detail = nn.Sequential(
+                nn.Conv2d(detail_channels + inputs, detail_channels, 1), nn.SiLU(), nn.Conv2d(detail_channels, fields, 1)
+            )
+        last = self.out[-1] if self.detail is None else self.detail[-1]
+        nn.init.zeros_(last.weight)  # a zero output: the blend model starts at its logit prior
+        nn.init.zeros_(last.bias)
 
     @property
     def min_size(self) -> int:
@@ -100,6 +116,8 @@ class SpaceToDepthNet(nn.Module):
         for block in self.blocks:
             hidden = hidden + block(hidden)
         out = self.out(hidden)[..., :h, :w]
+        if self.detail is not None:
+            out = self.detail(torch.cat([out, inp[..., :h, :w]], dim=1))
         if self.correction == "direct":
             return out
         n = self.num_sources
