@@ -156,14 +156,26 @@ def decision_map_prior(sources: Tensor) -> Tensor:
 
 
 BOUNDARY_RADIUS = 8  # px around a decision-map switch where the ``decision_boundary`` model may act (blur 1-10 px)
+ISLAND_RADIUS = 15  # px: switches around regions smaller than about this (2 x the consistency radius) do not count
 
 
-def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS) -> Tensor:
+def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS, islands: int = ISLAND_RADIUS) -> Tensor:
     """Where a model may overturn the decision map: 1 within ``radius`` px of a pixel where the one-hot
-    ``weights`` [B, N, 1, H, W] switch source, tapering to 0 over the next 2 px, exactly 0 beyond, [B, 1, H, W]."""
+    ``weights`` [B, N, 1, H, W] switch source, tapering to 0 over the next 2 px, exactly 0 beyond, [B, 1, H, W].
+
+    With ``islands`` > 0 it is also 0 farther than ``radius`` px from every switch of the weights after a
+    second majority filter of that radius: a small island of the other source that the decision map's own
+    filter left (on real pairs often a patch of a different exposure inside an object) is no focus
+    boundary, and a model smoothing it away loses Q^AB/F (NOTES.md, session 13); the island stays as the
+    decision map has it."""
+
+    def near_switch(w: Tensor) -> Tensor:
+        return dilate(((max_filter(w, 1) + max_filter(-w, 1)).amax(1, keepdim=True) > 0.5).float(), radius)
+
     w = weights[:, :, 0].float()
-    switch = (max_filter(w, 1) + max_filter(-w, 1)).amax(1, keepdim=True) > 0.5
-    near = dilate(switch.float(), radius)
+    near = near_switch(w)
+    if islands:
+        near = near * near_switch(select_max(box_mean(w, islands)))
     return F.avg_pool2d(near, 5, 1, 2, count_include_pad=False)
 
 
