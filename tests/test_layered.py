@@ -199,17 +199,18 @@ def test_pipeline_applies_finish_once_to_the_sampled_image(tmp_path):
 
 
 def test_boundary_gate_leaves_out_small_islands_of_the_decision_map():
-    """An island of the other source (6 x 6 px) far from the real focus boundary gets no gate (ISLAND_RADIUS
-    > 0: a patch, not a boundary); the boundary between the two halves keeps it; without the island filter
-    the island's edges are gated too; the gate never reaches farther than BOUNDARY_RADIUS + 2 px from a switch."""
+    """With the island filter (islands=15) an island of the other source (6 x 6 px) far from the real focus
+    boundary gets no gate (a patch, not a boundary); the boundary between the two halves keeps it; without
+    the filter (the default, ISLAND_RADIUS = 0) the island's edges are gated too; the gate never reaches
+    farther than BOUNDARY_RADIUS + 2 px from a switch."""
     from fusiondiff.tasks.multifocus import BOUNDARY_RADIUS, ISLAND_RADIUS, boundary_gate
 
-    assert ISLAND_RADIUS > 0
+    assert ISLAND_RADIUS == 0
     choice = torch.zeros(1, 1, 80, 96)
     choice[..., 48:] = 1  # the right half from source 1
     choice[..., 37:43, 12:18] = 1  # an island of source 1 inside the left half
     weights = torch.cat([1 - choice, choice], 1)[:, :, None]
-    gate, plain = boundary_gate(weights), boundary_gate(weights, islands=0)
+    gate, plain = boundary_gate(weights, islands=15), boundary_gate(weights)
     assert (gate[..., 40, 47:49] == 1).all() and (plain[..., 40, 47:49] == 1).all()
     assert gate[..., :, :30].abs().sum() == 0 and (plain[..., 40, 10:20] == 1).all()
     assert torch.equal(gate[..., :, 30:], plain[..., :, 30:])

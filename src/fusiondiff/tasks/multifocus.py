@@ -156,7 +156,7 @@ def decision_map_prior(sources: Tensor) -> Tensor:
 
 
 BOUNDARY_RADIUS = 8  # px around a decision-map switch where the ``decision_boundary`` model may act (blur 1-10 px)
-ISLAND_RADIUS = 15  # px: switches around regions smaller than about this (2 x the consistency radius) do not count
+ISLAND_RADIUS = 0  # px (0: off): with 15 (2 x the consistency radius) MFFW Q^AB/F rose but the band lost 0.65 dB
 
 
 def boundary_gate(weights: Tensor, radius: int = BOUNDARY_RADIUS, islands: int = ISLAND_RADIUS) -> Tensor:
