@@ -62,8 +62,15 @@ class SpaceToDepthNet(nn.Module):
         detail_channels: int = 0,
     ) -> None:
         super().__init__()
-        if num_sources < 2 or image_channels < 1 or base_channels < 2 or base_channels % 2 or factor < 1 or num_blocks < 0 \
-                or detail_channels < 0:
+        if (
+            num_sources < 2
+            or image_channels < 1
+            or base_channels < 2
+            or base_channels % 2
+            or factor < 1
+            or num_blocks < 0
+            or detail_channels < 0
+        ):
             raise ConfigError(
                 "model: SpaceToDepthNet needs num_sources >= 2, image_channels >= 1, an even base_channels >= 2, "
                 f"factor >= 1, num_blocks >= 0, detail_channels >= 0; got "
