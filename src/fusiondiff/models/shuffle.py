@@ -19,7 +19,8 @@ The transposed convolution alone makes every output pixel a linear function of i
 switch between sources cannot sit at an exact pixel inside a cell. ``detail_channels`` > 0 adds a
 full-resolution head: the transposed convolution writes that many features per pixel, and two 1x1
 convolutions map them, together with the pixel's own inputs (x_t, sources, focus features), to the outputs:
-a per-pixel nonlinear read-out, two more cheap full-resolution passes.
+a per-pixel nonlinear read-out, at the price of two more full-resolution passes (on the 2-core CPU the
+coarse model went from about 5x to 6-7x the decision map's time; README, defocus boundaries, session 13).
 """
 
 from __future__ import annotations
