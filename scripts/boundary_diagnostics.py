@@ -16,6 +16,11 @@ decision map with its paired 95 % interval and the share of pixels the model cha
 
     python scripts/boundary_diagnostics.py --dataset $DATA/nyud100 --model <bundle> --snap 0 0.03 0.06 0.1
     python scripts/boundary_diagnostics.py --layered 40 --model <bundle> --snap 0 0.03 0.06 0.1
+
+``--edges E ...`` adds, for every T, the edge guard of the same last step with tolerance E (the share of the
+sharpest source's local edge energy a departure may remove; snap_to_decision_map's ``edges``):
+
+    python scripts/boundary_diagnostics.py --layered 40 --model <bundle> --snap 0.03 --edges 0.25 0.5 1
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def main() -> None:
     parser.add_argument("--reach", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--snap", type=float, nargs="+", help="sweep the snap threshold of a decision_boundary model")
     parser.add_argument("--layered", type=int, default=0, help="with --snap: N layered scenes from training photos")
+    parser.add_argument("--views", type=float, nargs=2, default=(0.0, 0.0), metavar=("SHIFT", "GAIN"),
+                        help="with --layered: each source moved by <= SHIFT px, exposed by 1 +- GAIN")  # fmt: skip
+    parser.add_argument("--edges", type=float, nargs="+", default=[], help="with --snap: edge-guard tolerances to add")
     args = parser.parse_args()
     if args.snap:
         return snap_sweep(args)
@@ -97,12 +105,14 @@ def snap_sweep(args: argparse.Namespace) -> None:
         from fusiondiff.metrics.reference import psnr
 
         scenes = LayeredDefocus(photos=skimage_photos(SKIMAGE_TRAIN_PHOTOS[:6]), num_samples=args.layered, size=(256, 384),
-                                deterministic=True, seed=99, min_band=0.005)  # fmt: skip
+                                deterministic=True, seed=99, min_band=0.005, shift=args.views[0], gain=args.views[1])  # fmt: skip
         items = (scenes[i] for i in range(len(scenes)))
-        about = f"{args.layered} layered scenes from training photos, PSNR in the boundary band"
+        about = f"{args.layered} layered scenes from training photos (views {args.views}), PSNR in the boundary band"
 
         def scores(item: dict, fused: torch.Tensor) -> dict[str, float]:
-            return {"psnr_band": psnr(fused, item["target"], mask=item["band"]).item()}
+            a, b = fusion.to_255(item["sources"])
+            return {"psnr_band": psnr(fused, item["target"], mask=item["band"]).item(),
+                    "qabf": fusion.SOURCE_METRICS["qabf"](a, b, fusion.to_255(fused)).item()}  # fmt: skip
     else:
         samples = find_samples(args.dataset)
         if any(s.name.startswith("NYU-D") for s in samples):
@@ -116,25 +126,25 @@ def snap_sweep(args: argparse.Namespace) -> None:
             return {name: fusion.SOURCE_METRICS[name](a, b, f).item() for name in ("qabf", "qcb")}
 
     rows: list[dict] = []  # the evaluation's row format: method, image, metrics (paired with reports.paired_difference)
-    thresholds = [0.0, *args.snap]
+    variants = [(t, e) for t in [0.0, *args.snap] for e in [0.0, *args.edges]]
+    label = lambda t, e: f"snap {t:g}" + (f" edges {e:g}" if e else "")  # noqa: E731
     for index, item in enumerate(items):
         sources = item["sources"]
         dm, raw = decision_map(sources), pipe(sources).cpu()
         rows.append({"method": "decision_map", "image": index, **scores(item, dm)})
-        for t in thresholds:
-            fused = snap_to_decision_map(raw[None], sources[None], t)[0] if t else raw
+        for t, e in variants:
+            fused = snap_to_decision_map(raw[None], sources[None], t, e)[0] if t or e else raw
             changed = ((fused - dm).abs().amax(0) > 0.5 / 127.5).float().mean().item()
-            rows.append({"method": f"snap {t:g}", "image": index, "changed": changed, **scores(item, fused)})
+            rows.append({"method": label(t, e), "image": index, "changed": changed, **scores(item, fused)})
     print(about)
     names = [k for k in rows[0] if k not in ("method", "image")]
-    for t in thresholds:
-        label = f"snap {t:g}"
+    for t, e in variants:
         cells = []
         for name in names:
-            d = paired_difference(rows, label, "decision_map", name, lower_is_better=False)
+            d = paired_difference(rows, label(t, e), "decision_map", name, lower_is_better=False)
             cells.append(f"{name} {d['mean']:+.4f} ± {d['ci95']:.4f}")
-        share = 100 * statistics.mean(r["changed"] for r in rows if r["method"] == label)
-        print(f"  {label:<10} - decision map: {', '.join(cells)}; pixels changed {share:.1f} %")
+        share = 100 * statistics.mean(r["changed"] for r in rows if r["method"] == label(t, e))
+        print(f"  {label(t, e):<20} - decision map: {', '.join(cells)}; pixels changed {share:.1f} %")
 
 
 if __name__ == "__main__":

@@ -215,3 +215,33 @@ def test_boundary_gate_leaves_out_small_islands_of_the_decision_map():
     assert gate[..., :, :30].abs().sum() == 0 and (plain[..., 40, 10:20] == 1).all()
     assert torch.equal(gate[..., :, 30:], plain[..., :, 30:])
     assert plain[..., :, 18 + BOUNDARY_RADIUS + 3 : 48 - BOUNDARY_RADIUS - 3].abs().sum() == 0
+
+
+def test_edge_guard_withholds_departures_that_smooth_a_sources_detail_and_keeps_the_rest():
+    """snap_to_decision_map(edges=E): a departure that blurs texture which a source holds sharp (the local
+    edge energy falls short of the sharpest source's) goes back to the decision map; a departure that keeps
+    or adds detail (a colour correction of a flat area, the sharp texture restored over a blurred patch) is
+    kept as without the guard; edges=0 is the guard off, and the guard never changes the training path."""
+    from fusiondiff.filters import blur, gaussian_kernel
+    from fusiondiff.tasks.multifocus import _decision_copy, decision_weights, snap_to_decision_map
+
+    gen = torch.Generator().manual_seed(0)
+    texture = (torch.rand(1, 3, 48, 64, generator=gen) - 0.5).repeat_interleave(2, -1).repeat_interleave(2, -2)[..., :48, :64]
+    smooth = blur(texture, gaussian_kernel(3.0, 9))
+    a, b = texture.clone(), texture.clone()
+    a[..., 32:], b[..., :32] = smooth[..., 32:], smooth[..., :32]  # A sharp on the left, B on the right
+    a[..., 40:, 8:24] = b[..., 40:, 8:24] = 0.3  # a flat patch both hold
+    sources = torch.stack([a, b], 1)
+    copy = _decision_copy(sources, decision_weights(sources))
+    fused = copy.clone()
+    fused[..., 4:20, 8:24] = smooth[..., 4:20, 8:24]  # blurs A's sharp texture
+    fused[..., 42:46, 12:20] = -0.3  # recolours the flat patch (large, keeps every edge)
+    plain = snap_to_decision_map(fused, sources, edges=0)
+    guarded = snap_to_decision_map(fused, sources, edges=0.5)
+    assert torch.equal(plain, snap_to_decision_map(fused, sources))  # BOUNDARY_EDGES = 0: off unless asked
+    inner = (..., slice(6, 18), slice(10, 22))
+    assert (plain[inner] - copy[inner]).abs().mean() > 0.05 and torch.allclose(guarded[inner], copy[inner])
+    assert torch.allclose(guarded[..., 42:46, 12:20], plain[..., 42:46, 12:20]) and (guarded[..., 43, 15] == -0.3).all()
+    restored = copy.clone()
+    restored[..., 4:20, 8:24] = texture[..., 4:20, 8:24] * 1.2  # more contrast than A holds: no shortfall
+    assert torch.allclose(snap_to_decision_map(restored, sources, edges=0.5), snap_to_decision_map(restored, sources, edges=0))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from fusiondiff.errors import ConfigError, InputError
-from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, guided_filter, max_filter
+from fusiondiff.filters import blur, box_mean, dilate, gaussian_kernel, gradient_magnitude, guided_filter, max_filter
 from fusiondiff.focus import decision_weights, gray, remember_focus, select_max
 from fusiondiff.models.bundle import ASSETS
 from fusiondiff.registry import Registry
@@ -190,17 +190,42 @@ def confine_to_boundaries(fused: Tensor, sources: Tensor) -> Tensor:
 
 
 BOUNDARY_SNAP = 0.03  # [-1, 1] units: smaller departures from the decision map are dropped (inference only)
+BOUNDARY_EDGES = 0.0  # (0: off) share of the sharpest source's local edge energy the last step lets a model remove
 
 
-def snap_to_decision_map(fused: Tensor, sources: Tensor, threshold: float = BOUNDARY_SNAP) -> Tensor:
+def source_edge_energy(images: Tensor) -> Tensor:
+    """Local edge energy, [B, N, C, H, W] -> [B, N, 1, H, W]: the squared Sobel gradient magnitude of each
+    image's channel mean, averaged over 3x3 pixels."""
+    b, n = images.shape[:2]
+    flat = images.flatten(0, 1).float()
+    return box_mean(gradient_magnitude(flat) ** 2, 1).reshape(b, n, 1, *images.shape[-2:])
+
+
+def snap_to_decision_map(
+    fused: Tensor, sources: Tensor, threshold: float = BOUNDARY_SNAP, edges: float = BOUNDARY_EDGES
+) -> Tensor:
     """The ``decision_boundary`` model's last step at inference: where its output departs from the decision
     map by less than ``threshold`` (largest channel difference) it is the decision map exactly, from
     2 x ``threshold`` on the model's own, linear in between. A halo correction replaces a blurred foreground
     by background (a large change); the small departures are mostly a softening of textured detail next to
-    a switch, which costs Q^AB/F on real pairs (NOTES.md, session 11)."""
+    a switch, which costs Q^AB/F on real pairs (NOTES.md, session 11).
+
+    ``edges`` > 0 also withholds departures that smooth away structure a source holds: where the output's
+    local edge energy (:func:`source_edge_energy`) falls short of the sharpest source's by a share ``s`` of
+    it, the departure is kept by 1 - s / ``edges`` (dropped from ``edges`` on). Removing a defocus halo
+    restores background detail (no shortfall); smoothing an island of the other source or one line of a
+    double edge (misregistered sources) leaves a shortfall (NOTES.md, session 14)."""
     copy = _decision_copy(sources, decision_weights(sources.float())).to(fused.dtype)
     change = fused - copy
-    keep = ((change.abs().amax(1, keepdim=True) - threshold) / threshold).clamp(0, 1)
+    keep = (
+        ((change.abs().amax(1, keepdim=True) - threshold) / threshold).clamp(0, 1)
+        if threshold
+        else torch.ones_like(change[:, :1])
+    )
+    if edges:
+        sharpest = source_edge_energy(sources).amax(1)
+        shortfall = (sharpest - source_edge_energy((copy + keep * change)[:, None])[:, 0]).clamp_min(0)
+        keep = keep * (1 - shortfall / (edges * sharpest + 1e-6)).clamp(0, 1).to(keep.dtype)
     return copy + keep * change
 
 
