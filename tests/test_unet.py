@@ -142,3 +142,34 @@ def test_space_to_depth_net_affine_correction_is_gains_on_the_sources_plus_an_of
     out = net(x_t, t, sources)
     torch.testing.assert_close(out[:, :2], torch.tensor([0.5, -0.5]).reshape(1, 2, 1, 1).expand(2, 2, 18, 22))
     torch.testing.assert_close(out[:, 2:], 2 * sources[:, 1] + 0.25)
+
+
+def test_unet_space_to_depth_runs_on_a_coarser_grid_and_writes_every_pixel():
+    """space_to_depth=2: any size (padded to the grid, cropped back); every pixel of a 2x2 cell gets an
+    output of its own (not blocky); x_t pixels reach the output through the unshuffled channels; s = 1 is
+    the plain network (same parameter shapes); networks with full-resolution condition hooks refuse it."""
+    from fusiondiff.errors import ConfigError
+    from fusiondiff.models import DecisionMapUNet
+    from fusiondiff.models.hdr import HDRConditionalUNet
+
+    torch.manual_seed(0)
+    kw = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, out_channels=5)
+    net = DecisionMapUNet(space_to_depth=2, **kw).eval()
+    plain = DecisionMapUNet(**kw)
+    assert net.input_conv.in_channels == 4 * plain.input_conv.in_channels and net.min_size == 2 * plain.min_size
+    assert [p.shape for n, p in plain.named_parameters() if not n.startswith(("input_conv", "out"))] == [
+        p.shape for n, p in net.named_parameters() if not n.startswith(("input_conv", "out"))
+    ]
+    torch.nn.init.normal_(net.out[2].weight, std=0.1)
+    x, cond, t = torch.randn(1, 3, 37, 50), torch.rand(1, 2, 3, 37, 50) * 2 - 1, torch.tensor([10])
+    with torch.no_grad():
+        out = net(x, t, cond)
+        assert out.shape == (1, 5, 37, 50)
+        assert (out[..., 0:36:2, 0:50:2] - out[..., 1:37:2, 0:50:2]).abs().mean() > 1e-3  # rows of a cell differ
+        moved = x.clone()
+        moved[..., 11, 21] += 1.0  # one pixel of x_t
+        assert not torch.equal(net(moved, t, cond)[..., 11, 21], out[..., 11, 21])
+    with pytest.raises(ConfigError, match="space_to_depth"):
+        HDRConditionalUNet(space_to_depth=2, base_channels=8, channel_mult=(1,))
+    with pytest.raises(ConfigError, match="space_to_depth"):
+        DecisionMapUNet(space_to_depth=0, **kw)

@@ -91,9 +91,14 @@ class ConditionalUNet(nn.Module):
         num_res_blocks: residual blocks per level, on the way down and on the way up.
         attention_levels: indices of the levels (0 = full resolution) that get self-attention.
         dropout: dropout inside residual blocks.
+        space_to_depth: s > 1 runs the whole U-Net on an s-times coarser grid: every s x s cell of the input
+            becomes s² times the channels (``pixel_unshuffle``, no pixel lost) and the last convolution writes
+            s² times the outputs, one per pixel of the cell (``pixel_shuffle``); about s² times fewer operations
+            at the same width (the defocus-boundary model's time budget, README "Defocus boundaries").
+            Networks with condition hooks (:meth:`condition_features`) keep 1.
 
-    Any H x W works: inputs are reflect-padded to a multiple of ``2**(len(channel_mult)-1)``
-    and the output is cropped back. ``forward(x_t, t, cond)`` with ``cond`` of shape
+    Any H x W works: inputs are reflect-padded to a multiple of ``2**(len(channel_mult)-1)`` (times
+    ``space_to_depth``) and the output is cropped back. ``forward(x_t, t, cond)`` with ``cond`` of shape
     [B, N, C, H, W] (or [B, N*C, H, W]) matches the ``denoiser`` interface of the samplers.
     """
 
@@ -108,10 +113,15 @@ class ConditionalUNet(nn.Module):
         dropout: float = 0.0,
         source_channels: int | None = None,
         out_channels: int | None = None,
+        space_to_depth: int = 1,
     ) -> None:
         super().__init__()
-        if num_sources < 0 or image_channels < 1 or not channel_mult or num_res_blocks < 1:
-            raise ConfigError("model: need image_channels >= 1, num_sources >= 0, channel_mult non-empty, num_res_blocks >= 1")
+        if num_sources < 0 or image_channels < 1 or not channel_mult or num_res_blocks < 1 or space_to_depth < 1:
+            raise ConfigError("model: need image_channels >= 1, num_sources >= 0, channel_mult non-empty, num_res_blocks >= 1, "
+                              f"space_to_depth >= 1; got {image_channels}, {num_sources}, {list(channel_mult)}, "
+                              f"{num_res_blocks}, {space_to_depth}")  # fmt: skip
+        if space_to_depth > 1 and type(self).condition_features is not ConditionalUNet.condition_features:
+            raise ConfigError(f"{type(self).__name__} has condition hooks at full resolution: space_to_depth must be 1")
         if base_channels < 2 or base_channels % 2 or any(m < 1 for m in channel_mult):
             raise ConfigError(f"model.base_channels must be even and >= 2 (the time embedding) and channel_mult >= 1, got "
                               f"{base_channels} and {list(channel_mult)}")  # fmt: skip
@@ -123,11 +133,13 @@ class ConditionalUNet(nn.Module):
         self.source_channels = image_channels if source_channels is None else source_channels
         self.widths = [base_channels * m for m in channel_mult]
         self.base_channels = base_channels
-        self.factor = 2 ** (len(channel_mult) - 1)
+        self.space_to_depth = space_to_depth
+        self.factor = 2 ** (len(channel_mult) - 1) * space_to_depth
         emb_dim = 4 * base_channels
+        cell = space_to_depth**2
 
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.input_conv = nn.Conv2d(self.source_channels * num_sources + image_channels, base_channels, 3, padding=1)
+        self.input_conv = nn.Conv2d((self.source_channels * num_sources + image_channels) * cell, base_channels, 3, padding=1)
 
         # Level i maps widths[i] -> widths[i+1] in its first block and leaves one skip at its
         # end; the way up mirrors it (cat with that skip, back to widths[i]). This is the layout
@@ -169,10 +181,11 @@ class ConditionalUNet(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(_groups(base_channels), base_channels),
             nn.SiLU(),
-            nn.Conv2d(base_channels, out_channels or image_channels, 3, padding=1),
+            nn.Conv2d(base_channels, (out_channels or image_channels) * cell, 3, padding=1),
+            *([nn.PixelShuffle(space_to_depth)] if space_to_depth > 1 else []),
         )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        nn.init.zeros_(self.out[2].weight)
+        nn.init.zeros_(self.out[2].bias)
 
     @staticmethod
     def _block(in_ch: int, out_ch: int, emb_dim: int, dropout: float, attention: bool) -> list[nn.Module]:
@@ -220,6 +233,8 @@ class ConditionalUNet(nn.Module):
 
         emb = self.time_mlp(timestep_embedding(t.to(x_t.device), self.base_channels).to(x_t.dtype))
         context = self.condition_features(inp[:, : inp.shape[1] - c]) if self.num_sources else None
+        if self.space_to_depth > 1:
+            inp = F.pixel_unshuffle(inp, self.space_to_depth)
         hidden = self.input_conv(inp)
         skips = []
         for stage in self.down:
