@@ -212,9 +212,10 @@ def snap_to_decision_map(
 
     ``edges`` > 0 also withholds departures that smooth away structure a source holds: where the output's
     local edge energy (:func:`source_edge_energy`) falls short of the sharpest source's by a share ``s`` of
-    it, the departure is kept by 1 - s / ``edges`` (dropped from ``edges`` on). Removing a defocus halo
-    restores background detail (no shortfall); smoothing an island of the other source or one line of a
-    double edge (misregistered sources) leaves a shortfall (NOTES.md, session 14)."""
+    it, the departure is kept by 1 - s / ``edges`` (dropped from ``edges`` on): smoothing an island of the other
+    source or one line of a double edge (misregistered sources) leaves a shortfall. Off by default: measured
+    in session 14 it also withholds a good part of the halo corrections (no tolerance kept 90 % of the band
+    gain on tuning scenes) and recovered at most a third of the MFFW Q^AB/F loss (README, NOTES.md)."""
     copy = _decision_copy(sources, decision_weights(sources.float())).to(fused.dtype)
     change = fused - copy
     keep = (
