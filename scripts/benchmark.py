@@ -107,7 +107,12 @@ def job_versus_decision_map(args: dict) -> dict:
     ]
     model, classical = statistics.median(m for m, _ in pairs), statistics.median(c for _, c in pairs)
     ratio = statistics.median(m / c for m, c in pairs)
-    return {"model_s": model, "decision_map_s": classical, "ratio": ratio, "steps": pipe.default_steps}
+    out = {"model_s": model, "decision_map_s": classical, "ratio": ratio, "steps": pipe.default_steps}
+    if args.get("bf16"):  # what bfloat16 changes: the largest output difference, in 8-bit levels
+        with torch.autocast(args["device"].split(":")[0], dtype=torch.bfloat16):
+            low = pipe(sources, tile_size=None)
+        out["bf16_max_levels"] = float((low - pipe(sources, tile_size=None)).abs().max() * 127.5)
+    return out
 
 
 def job_net_step(args: dict) -> dict:
@@ -285,6 +290,8 @@ def main() -> None:
     print(f"model ({r['steps']} step{'s' if r['steps'] != 1 else ''}{', bf16 autocast' if args.bf16 else ''}): "
           f"{r['model_s']:.3f} s, decision map: "
           f"{r['decision_map_s']:.3f} s, ratio {r['ratio']:.1f}x")  # fmt: skip
+    if "bf16_max_levels" in r:
+        print(f"bfloat16 vs float32 output: largest difference {r['bf16_max_levels']:.2f} 8-bit levels")
     report["versus_decision_map"] = r
     if args.ratio:
         args.json.parent.mkdir(parents=True, exist_ok=True)
