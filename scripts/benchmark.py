@@ -94,13 +94,13 @@ def job_versus_decision_map(args: dict) -> dict:
     pipe = load_pipeline(args["model"], device=args["device"])
     sources = _pair(args["size"], args["device"])
 
-    def model():
+    def run_model() -> torch.Tensor:
         with torch.autocast(args["device"].split(":")[0], dtype=torch.bfloat16, enabled=args.get("bf16", False)):
-            pipe(sources, tile_size=None)
+            return pipe(sources, tile_size=None)
 
     pairs = [  # interleaved, so that a machine slowing down or speeding up affects both alike
         (
-            _time(model, 1, args["device"]),
+            _time(run_model, 1, args["device"]),
             _time(lambda: decision_map(sources[None]), 1, args["device"]),
         )
         for _ in range(args["repeats"])
@@ -109,9 +109,7 @@ def job_versus_decision_map(args: dict) -> dict:
     ratio = statistics.median(m / c for m, c in pairs)
     out = {"model_s": model, "decision_map_s": classical, "ratio": ratio, "steps": pipe.default_steps}
     if args.get("bf16"):  # what bfloat16 changes: the largest output difference, in 8-bit levels
-        with torch.autocast(args["device"].split(":")[0], dtype=torch.bfloat16):
-            low = pipe(sources, tile_size=None)
-        out["bf16_max_levels"] = float((low - pipe(sources, tile_size=None)).abs().max() * 127.5)
+        out["bf16_max_levels"] = float((run_model() - pipe(sources, tile_size=None)).abs().max() * 127.5)
     return out
 
 

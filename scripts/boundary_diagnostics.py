@@ -21,6 +21,9 @@ decision map with its paired 95 % interval and the share of pixels the model cha
 sharpest source's local edge energy a departure may remove; snap_to_decision_map's ``edges``):
 
     python scripts/boundary_diagnostics.py --layered 40 --model <bundle> --snap 0.03 --edges 0.25 0.5 1
+
+``--views SHIFT GAIN`` (with ``--layered``) moves each source by up to SHIFT px and exposes it by 1 ± GAIN on its
+own, as real pairs differ (LayeredDefocus ``shift`` / ``gain``); layered scenes are also scored by Q^AB/F.
 """
 
 from __future__ import annotations

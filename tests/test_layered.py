@@ -220,8 +220,8 @@ def test_boundary_gate_leaves_out_small_islands_of_the_decision_map():
 def test_edge_guard_withholds_departures_that_smooth_a_sources_detail_and_keeps_the_rest():
     """snap_to_decision_map(edges=E): a departure that blurs texture which a source holds sharp (the local
     edge energy falls short of the sharpest source's) goes back to the decision map; a departure that keeps
-    or adds detail (a colour correction of a flat area, the sharp texture restored over a blurred patch) is
-    kept as without the guard; edges=0 is the guard off, and the guard never changes the training path."""
+    or adds detail (a colour correction of a flat area, the sharp texture with more contrast than the source)
+    is kept as without the guard; edges=0 (the default) is the guard off."""
     from fusiondiff.filters import blur, gaussian_kernel
     from fusiondiff.tasks.multifocus import _decision_copy, decision_weights, snap_to_decision_map
 
