@@ -5,7 +5,7 @@
     python scripts/benchmark.py --quick                 # fewer step counts, no 4K run
 
 0. the model at its default step count against the classical decision map, per pair, warm, in one process
-   (their time ratio; ``--ratio``: only this);
+   (their time ratio, and the network's forward calls alone on the same inputs; ``--ratio``: only this);
 1. seconds and peak memory per 520 x 520 pair for each sampler and step count (model: ``--model``,
    default the shipped bundle);
 2. one denoising step of the FusionDiff-size network (29 M parameters) at 520 x 520, and the
@@ -94,20 +94,37 @@ def job_versus_decision_map(args: dict) -> dict:
     pipe = load_pipeline(args["model"], device=args["device"])
     sources = _pair(args["size"], args["device"])
 
+    def autocast():
+        return torch.autocast(args["device"].split(":")[0], dtype=torch.bfloat16, enabled=args.get("bf16", False))
+
     def run_model() -> torch.Tensor:
-        with torch.autocast(args["device"].split(":")[0], dtype=torch.bfloat16, enabled=args.get("bf16", False)):
+        with autocast():
             return pipe(sources, tile_size=None)
 
-    pairs = [  # interleaved, so that a machine slowing down or speeding up affects both alike
+    calls = []  # the network's inputs in one call of the model, to time the network alone
+    hook = pipe.net.register_forward_pre_hook(lambda _, a, k: calls.append((a, k)), with_kwargs=True)
+    run_model()
+    hook.remove()
+
+    @torch.inference_mode()
+    def run_network() -> None:
+        with autocast():
+            for a, k in calls:
+                pipe.net(*a, **k)
+
+    runs = [  # interleaved, so that a machine slowing down or speeding up affects all alike
         (
             _time(run_model, 1, args["device"]),
             _time(lambda: decision_map(sources[None]), 1, args["device"]),
+            _time(run_network, 1, args["device"]),
         )
         for _ in range(args["repeats"])
     ]
-    model, classical = statistics.median(m for m, _ in pairs), statistics.median(c for _, c in pairs)
-    ratio = statistics.median(m / c for m, c in pairs)
-    out = {"model_s": model, "decision_map_s": classical, "ratio": ratio, "steps": pipe.default_steps}
+    model, classical = statistics.median(m for m, _, _ in runs), statistics.median(c for _, c, _ in runs)
+    ratio = statistics.median(m / c for m, c, _ in runs)
+    out = {"model_s": model, "decision_map_s": classical, "ratio": ratio, "steps": pipe.default_steps,
+           "network_s": statistics.median(n for _, _, n in runs), "network_calls": len(calls),
+           "network_ratio": statistics.median(n / c for _, c, n in runs)}  # fmt: skip
     if args.get("bf16"):  # what bfloat16 changes: the largest output difference, in 8-bit levels
         out["bf16_max_levels"] = float((run_model() - pipe(sources, tile_size=None)).abs().max() * 127.5)
     return out
@@ -288,6 +305,11 @@ def main() -> None:
     print(f"model ({r['steps']} step{'s' if r['steps'] != 1 else ''}{', bf16 autocast' if args.bf16 else ''}): "
           f"{r['model_s']:.3f} s, decision map: "
           f"{r['decision_map_s']:.3f} s, ratio {r['ratio']:.1f}x")  # fmt: skip
+    calls = f"{r['network_calls']} call{'s' if r['network_calls'] != 1 else ''}"
+    print(
+        f"the network alone ({calls}, same inputs): {r['network_s']:.3f} s, {r['network_ratio']:.1f}x the decision map; "
+        f"the rest of the model's call {r['model_s'] - r['network_s']:.3f} s"
+    )
     if "bf16_max_levels" in r:
         print(f"bfloat16 vs float32 output: largest difference {r['bf16_max_levels']:.2f} 8-bit levels")
     report["versus_decision_map"] = r

@@ -245,3 +245,33 @@ def test_edge_guard_withholds_departures_that_smooth_a_sources_detail_and_keeps_
     restored = copy.clone()
     restored[..., 4:20, 8:24] = texture[..., 4:20, 8:24] * 1.2  # more contrast than A holds: no shortfall
     assert torch.allclose(snap_to_decision_map(restored, sources, edges=0.5), snap_to_decision_map(restored, sources, edges=0))
+
+
+def test_ground_truth_is_a_method_of_suites_with_a_truth_and_is_scored_like_a_fused_image(tmp_path):
+    """methods=[ground_truth] scores each item's target as if it were the fused image (SSIM 1 against itself;
+    its Q^AB/F is the metric of the target and the sources); a paired folder without ground truth refuses it."""
+    from fusiondiff.cli.evaluate import evaluate
+    from fusiondiff.data.io import write_image
+    from fusiondiff.errors import ConfigError
+    from fusiondiff.metrics import fusion
+    from fusiondiff.tasks import get_task
+
+    from helpers import compose_config
+
+    cfg = compose_config("evaluate", ["suite=layered", "num=2", "size=[48,48]", f"output_dir={tmp_path}",
+                                      "methods=[decision_map,ground_truth]", "metrics=[ssim,ssim_band,qabf]"])  # fmt: skip
+    summary = evaluate(cfg)
+    truth = summary["ground_truth"]
+    assert truth["ssim"]["mean"] == pytest.approx(1.0) and truth["ssim_band"]["mean"] == pytest.approx(1.0)
+    assert summary["decision_map"]["ssim_band"]["mean"] < 0.99
+    items = [item.load() for item in get_task("multifocus").evaluation(cfg).items]
+    expected = sum(fusion.qabf(*fusion.to_255(d["sources"], False), fusion.to_255(d["target"], False)).item() for d in items) / 2
+    assert truth["qabf"]["mean"] == pytest.approx(expected, rel=1e-6)
+
+    folder = tmp_path / "no_truth"
+    for name in ("source_1/x.png", "source_2/x.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_image(folder / name, torch.zeros(3, 16, 16))
+    cfg = compose_config("evaluate", [f"dataset={folder}", "methods=[ground_truth]", f"output_dir={tmp_path / 'o'}"])
+    with pytest.raises(ConfigError, match="ground_truth needs a ground truth"):
+        get_task("multifocus").evaluation(cfg)

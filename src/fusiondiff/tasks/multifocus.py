@@ -261,7 +261,11 @@ class MultiFocusTask(Task):
         """Suites: ``paired`` (default; a folder of any :func:`~fusiondiff.data.pairing.find_samples` layout,
         ground truth optional; default Lytro) and ``synthetic`` (held-out generated pairs with ground truth
         from scikit-image's coffee and rocket, never trained on). Fused images are quantised to 8 bits (as if
-        saved as PNG) before scoring; fusion metrics use 0..255, reference metrics [-1, 1]."""
+        saved as PNG) before scoring; fusion metrics use 0..255, reference metrics [-1, 1].
+
+        Where every item has a ground truth, the method ``ground_truth`` scores it like a fused image: what a
+        perfect fusion gets on the source-based metrics (on layered scenes the truth scores a lower Q^AB/F than
+        the decision map, which keeps the sources' halo edges: README "Defocus boundaries")."""
         from fusiondiff.evaluation import Evaluation, Item
         from fusiondiff.evaluation.core import batched
 
@@ -308,6 +312,10 @@ class MultiFocusTask(Task):
             raise ConfigError(f"unknown suite {suite!r} for task multifocus; valid: {', '.join(SUITES)}")
         baselines = {name: (lambda d, fn=fn: fn(d["sources"])) for name, fn in CLASSICAL_METHODS.items()}
         baselines |= external_baselines()
+        if suite != "paired" or samples and all(s.target is not None for s in samples):
+            baselines["ground_truth"] = lambda d: d["target"]  # the reference: what perfect fusion scores
+        elif "ground_truth" in (cfg.get("methods") or ()):
+            raise ConfigError(f"method ground_truth needs a ground truth for every pair; {dataset} has pairs without one")
 
         def model_run(pipe, sampler, tiling):
             if stored or suite == "layered":  # one image at a time, as infer.py fuses a folder (layered: sizes vary)
