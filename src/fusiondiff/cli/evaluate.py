@@ -18,8 +18,10 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation; returns the summary (also written to <output_dir>/summary.{md,json})."""
     from fusiondiff.evaluation import run, write_reports
+    from fusiondiff.pipeline import check_precision
     from fusiondiff.tasks import get_task
 
+    check_precision(cfg.get("precision") or "fp32")
     evaluation = get_task(cfg.task.name).evaluation(cfg)
     out_dir = Path(cfg.output_dir)
     rows = run(evaluation, out_dir, resume=cfg.resume, save_images=cfg.save_images)

@@ -143,17 +143,25 @@ class EpsDenoiser(nn.Module):
     """``denoiser(x_t, t, cond) -> ε̂`` around a network that predicts ε, x0 or v."""
 
     def __init__(
-        self, net: nn.Module, schedule: NoiseSchedule, prediction: str = "eps", conditioning: Conditioning | None = None
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule,
+        prediction: str = "eps",
+        conditioning: Conditioning | None = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.net, self.schedule, self.prediction = net, schedule, check_prediction(prediction)
-        self.conditioning = conditioning or Conditioning()
+        self.conditioning, self.autocast = conditioning or Conditioning(), autocast
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """ε̂ in the dtype of x_t; the network runs in its own dtype (so samplers may keep float64 state)."""
+        """ε̂ in the dtype of x_t; the network runs in its own dtype (so samplers may keep float64 state), or
+        under autocast to ``autocast`` (e.g. bfloat16: its convolutions and matrix products in that dtype)."""
         param = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
         net_dtype = param.dtype if param is not None else x_t.dtype
-        out = self.net(x_t.to(net_dtype), t, cond).to(x_t.dtype)
+        with torch.autocast(x_t.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            out = self.net(x_t.to(net_dtype), t, cond)
+        out = out.to(x_t.dtype)
         if self.prediction == "blend":
             out = self.conditioning.blend(out, cond.to(x_t.dtype))
         return eps_from_output(self.schedule, self.prediction, x_t, t, out)

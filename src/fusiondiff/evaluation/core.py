@@ -122,6 +122,12 @@ def model_label(path: str | Path, shipped: bool = False) -> str:
     return f"{p.parent.name}/{p.stem}" if p.stem.startswith(("last", "best")) else p.stem
 
 
+def run_label(label: str, sampler: Any, precision: str = "fp32") -> str:
+    """``<model label> (<sampler>, <N> step(s)[, bf16])``: a model's row in the tables."""
+    steps = f"{sampler.steps} step{'s' if sampler.steps != 1 else ''}"
+    return f"{label} ({sampler.name}, {steps}{', bf16' if precision == 'bf16' else ''})"
+
+
 def unique_labels(methods: list[Method]) -> list[Method]:
     seen: set[str] = set()
     for m in methods:

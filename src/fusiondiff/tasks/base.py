@@ -24,7 +24,7 @@ import torch
 from fusiondiff.diffusion.parameterization import Conditioning, check_prediction
 from fusiondiff.errors import ConfigError, ModelFileError
 from fusiondiff.models.bundle import DEFAULT_BUNDLE, load_model
-from fusiondiff.pipeline import FusionPipeline
+from fusiondiff.pipeline import FusionPipeline, check_precision
 from fusiondiff.registry import Registry
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Task:
         ``cfg.ckpt``, default the shipped bundle), ``model:<bundle-or-ckpt>`` (each at every step count in
         ``cfg.steps``; null = the model's own default) and ``folder:<dir>`` (images fused elsewhere).
         ``model_run(pipe, sampler, tiling)`` returns the function that runs a model on an item's data."""
-        from fusiondiff.evaluation.core import Method, folder_method, model_label, unique_labels
+        from fusiondiff.evaluation.core import Method, folder_method, model_label, run_label, unique_labels
         from fusiondiff.pipeline import SamplerConfig, Tiling
 
         sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
@@ -109,11 +109,11 @@ class Task:
                 out.append(Method(spec, baselines[spec]))
             elif spec == "fusiondiff" or spec.startswith("model:"):
                 path = cfg.get("ckpt") if spec == "fusiondiff" else spec.split(":", 1)[1]
-                pipe = load_pipeline(path, task=self.name)
+                pipe = load_pipeline(path, task=self.name, precision=cfg.get("precision") or "fp32")
                 label = model_label(path, shipped=spec == "fusiondiff")
                 for steps in cfg.get("steps") or [None]:
                     s = replace(sampler, steps=int(steps or pipe.default_steps)).check(pipe.schedule.num_timesteps)
-                    name = f"{label} ({s.name}, {s.steps} step{'s' if s.steps != 1 else ''})"
+                    name = run_label(label, s, pipe.precision)
                     out.append(Method(name, model_run(pipe, s, tiling), "model", s.steps))
             elif spec.startswith("folder:"):
                 out.append(folder_method(spec.split(":", 1)[1], channels))
@@ -157,9 +157,13 @@ def task_of(config: dict) -> Task:
     return first
 
 
-def load_pipeline(path: str | Path | None = None, device: str | torch.device = "cpu", task: str | None = None) -> FusionPipeline:
+def load_pipeline(
+    path: str | Path | None = None, device: str | torch.device = "cpu", task: str | None = None, precision: str = "fp32"
+) -> FusionPipeline:
     """A :class:`FusionPipeline` from a bundle or ``.ckpt`` (None: the shipped multi-focus bundle), with the
-    conditioning of the model's task. ``task`` refuses models of another task with a clear message."""
+    conditioning of the model's task. ``task`` refuses models of another task with a clear message;
+    ``precision``: fp32 or bf16 (:func:`fusiondiff.pipeline.check_precision`)."""
+    check_precision(precision)
     net, schedule, config = load_model(path or DEFAULT_BUNDLE)
     owner = task_of(config)
     if task is not None and owner.name != get_task(task).name:
@@ -169,7 +173,7 @@ def load_pipeline(path: str | Path | None = None, device: str | torch.device = "
     # channels_last: 17-29 % faster on CPU (scripts/benchmark.py vs --no-channels-last, README "Speed")
     net = net.to(device).to(memory_format=torch.channels_last)
     conditioning = owner.conditioning(config.get("prediction", "eps"), config.get("residual", False))
-    return FusionPipeline(net, schedule, config, conditioning)
+    return FusionPipeline(net, schedule, config, conditioning, precision)
 
 
 def model_conditioning(prediction: str, residual: Any, task: str | None = None) -> Conditioning:

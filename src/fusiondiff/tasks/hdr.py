@@ -147,12 +147,13 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
     from fusiondiff.data.hdr import hdr_sources, load_scene, scene_folders, target_to_hdr, tonemap_preview, write_hdr_image
     from fusiondiff.data.io import check_outputs, write_image
     from fusiondiff.metrics.hdr import psnr_l, psnr_mu
-    from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
+    from fusiondiff.pipeline import SamplerConfig, Tiling, check_precision, resolve_device
     from fusiondiff.progress import eta
 
     if not cfg.input_dir:
         raise ConfigError("mode=hdr needs input_dir=<scene folder or a folder of scene folders (Kalantari layout)>")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
+    resolve_device(cfg.device), check_precision(cfg.precision)
     root = Path(cfg.input_dir)
     folders = [root] if (root / "exposure.txt").is_file() else scene_folders(root)
     out_dir, written = Path(cfg.output_dir), []
@@ -167,7 +168,7 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
             "%d of %d scenes have outputs and are kept (overwrite=true replaces them)", len(folders) - len(todo), len(folders)
         )
     sizes = [load_scene(folder, require_hdr=False).ldrs.shape[-2:] for folder in todo]  # every scene reads
-    pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device), task="hdr")
+    pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device), task="hdr", precision=cfg.precision)
     sampler.check(pipe.schedule.num_timesteps)
     for h, w in sizes:
         pipe.check_sources(pipe.num_sources or 3, h, w)

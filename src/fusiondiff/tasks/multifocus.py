@@ -456,7 +456,7 @@ def stack_evaluation(task: MultiFocusTask, cfg: DictConfig, suite: str, channels
 
     from fusiondiff.align import AlignConfig
     from fusiondiff.evaluation import Evaluation, Item, Method
-    from fusiondiff.evaluation.core import model_label
+    from fusiondiff.evaluation.core import model_label, run_label
     from fusiondiff.pipeline import SamplerConfig, Tiling
     from fusiondiff.stacking import MARGINS, chained, fuse_stack
 
@@ -486,9 +486,9 @@ def stack_evaluation(task: MultiFocusTask, cfg: DictConfig, suite: str, channels
             fusers.append((spec, lambda s, spec=spec: extern[spec]({"sources": s}), 0, "baseline"))
         elif spec == "fusiondiff" or spec.startswith(("model:", "chained:")):
             path = cfg.get("ckpt") if spec == "fusiondiff" else spec.split(":", 1)[1]
-            pipe = load_pipeline(path, task="multifocus")
+            pipe = load_pipeline(path, task="multifocus", precision=cfg.get("precision") or "fp32")
             s = replace_steps(sampler, pipe)
-            label = f"{model_label(path, shipped=spec == 'fusiondiff')} ({s.name}, {s.steps} step{'s' if s.steps != 1 else ''})"
+            label = run_label(model_label(path, shipped=spec == "fusiondiff"), s, pipe.precision)
 
             def run(x, pipe=pipe, s=s):
                 from fusiondiff.data.io import to_channels
@@ -666,7 +666,7 @@ def fuse(cfg: DictConfig) -> list[Path]:
     from fusiondiff.data.io import check_outputs
     from fusiondiff.data.pairing import find_samples
     from fusiondiff.data.stacks import stack_files
-    from fusiondiff.pipeline import SamplerConfig, Tiling, resolve_device
+    from fusiondiff.pipeline import SamplerConfig, Tiling, check_precision, resolve_device
     from fusiondiff.progress import eta
 
     if cfg.inputs and cfg.input_dir:
@@ -675,7 +675,7 @@ def fuse(cfg: DictConfig) -> list[Path]:
         raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(STACK_METHODS)}")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
     aligning = AlignConfig.from_config(cfg.align)
-    device = resolve_device(cfg.device)
+    device, precision = resolve_device(cfg.device), check_precision(cfg.precision)
     if cfg.input_dir:
         out_dir = Path(cfg.output_dir)
         jobs = [(s.name, list(s.sources), out_dir / f"{s.name}.png") for s in find_samples(cfg.input_dir)]
@@ -706,7 +706,7 @@ def fuse(cfg: DictConfig) -> list[Path]:
         shapes = {name: check_source_files(paths, cfg.resize) for name, paths, _ in todo}  # decoded now, one at a time
     pipe = None
     if cfg.method == "model":
-        pipe = load_pipeline(cfg.ckpt, device=device)
+        pipe = load_pipeline(cfg.ckpt, device=device, precision=precision)
         sampler.check(pipe.schedule.num_timesteps)
         for n, h, w in shapes.values():  # a longer stack is chained through a fixed-arity model; a shorter one is refused
             pipe.check_sources(n if pipe.num_sources is None else min(n, pipe.num_sources), h, w)
