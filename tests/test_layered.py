@@ -275,3 +275,28 @@ def test_ground_truth_is_a_method_of_suites_with_a_truth_and_is_scored_like_a_fu
     cfg = compose_config("evaluate", [f"dataset={folder}", "methods=[ground_truth]", f"output_dir={tmp_path / 'o'}"])
     with pytest.raises(ConfigError, match="ground_truth needs a ground truth"):
         get_task("multifocus").evaluation(cfg)
+
+
+def test_the_shipped_boundary_model_corrects_the_band_and_copies_the_decision_map_elsewhere():
+    """ckpt=multifocus_boundary (opt-in): on held-out layered scenes (photos never trained on) it is closer to
+    the truth than the decision map inside the boundary band, by more than 1 dB on average, and farther than
+    BOUNDARY_RADIUS + 2 px from the decision map's switches its output is the decision map exactly."""
+    from fusiondiff.data.datasets import SKIMAGE_HELDOUT_PHOTOS, skimage_photos
+    from fusiondiff.focus import decision_weights
+    from fusiondiff.metrics import psnr
+    from fusiondiff.tasks import load_pipeline
+    from fusiondiff.tasks.multifocus import BOUNDARY_RADIUS, decision_map
+
+    pipe = load_pipeline("multifocus_boundary")
+    held_out = LayeredDefocus(photos=skimage_photos(SKIMAGE_HELDOUT_PHOTOS), num_samples=6, size=128, deterministic=True,
+                              seed=7, min_band=0.01)  # fmt: skip
+    gains = []
+    for d in held_out:
+        out, dm = pipe(d["sources"]), decision_map(d["sources"][None])[0]
+        gains.append((psnr(out, d["target"], mask=d["band"]) - psnr(dm, d["target"], mask=d["band"])).item())
+        w = decision_weights(d["sources"][None])[0, 0]
+        switch = torch.nn.functional.max_pool2d(w, 3, 1, 1) + torch.nn.functional.max_pool2d(-w, 3, 1, 1) > 0.5
+        reach = BOUNDARY_RADIUS + 2
+        far = torch.nn.functional.max_pool2d(switch.float(), 2 * reach + 1, 1, reach)[0] == 0
+        assert far.any() and torch.equal(out[:, far], dm[:, far])
+    assert sum(gains) / len(gains) > 1.0 and sum(g > 0 for g in gains) >= 5, gains

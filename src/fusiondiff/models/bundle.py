@@ -24,11 +24,14 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_BUNDLE = ASSETS / "multifocus_blend.safetensors"  # the shipped multi-focus model
 DEFAULT_PRIOR = ASSETS / "unconditional_small.safetensors"  # the shipped unconditional prior (zero-shot)
 STACK_BUNDLE = ASSETS / "multifocus_stack.safetensors"  # the shipped N-frame multi-focus model (experiment=multifocus_stack)
-SHIPPED = {p.stem: p for p in (DEFAULT_BUNDLE, DEFAULT_PRIOR, STACK_BUNDLE)}  # ckpt=<name> finds them
+# the halo-correcting boundary model (experiment=multifocus_boundary, session 14's 32-channel U-Net on a 2x coarser
+# grid): opt-in, not the default (README "Defocus boundaries": better in the band, lower Q^AB/F on real pairs, 11x slower)
+BOUNDARY_BUNDLE = ASSETS / "multifocus_boundary.safetensors"
+SHIPPED = {p.stem: p for p in (DEFAULT_BUNDLE, DEFAULT_PRIOR, STACK_BUNDLE, BOUNDARY_BUNDLE)}  # ckpt=<name> finds them
 
 
 def resolve_model_path(path: str | Path) -> Path:
-    """A model file, or the name of a shipped bundle (``multifocus_blend``, ``multifocus_stack``,
+    """A model file, or the name of a shipped bundle (``multifocus_blend``, ``multifocus_stack``, ``multifocus_boundary``,
     ``unconditional_small``) when no file of that name exists."""
     path = Path(path)
     if not path.exists() and str(path) in SHIPPED:
