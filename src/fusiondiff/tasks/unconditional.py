@@ -131,6 +131,15 @@ def check_numbers(section, ints: dict[str, int], floats: dict[str, float], prefi
             raise ConfigError(f"{prefix}.{key} must be >= {low}, got {value}")
 
 
+def float32_only(cfg: DictConfig) -> None:
+    """The zero-shot modes run their prior in float32: refuse ``precision=bf16`` rather than ignore it."""
+    from fusiondiff.pipeline import check_precision
+
+    if check_precision(cfg.get("precision") or "fp32") != "fp32":
+        raise ConfigError(f"precision={cfg.precision} is for the trained modes (fuse, hdr, restore); "
+                          f"mode={cfg.get('mode')} runs its prior in float32: drop precision=")  # fmt: skip
+
+
 def noise_fusion(cfg: DictConfig) -> list[Path]:
     """Zero-shot fusion of ``cfg.inputs`` (or the jobs of ``fusion.input_yaml``) in the noise space of ``cfg.prior``."""
     from omegaconf import OmegaConf
@@ -142,6 +151,7 @@ def noise_fusion(cfg: DictConfig) -> list[Path]:
     from fusiondiff.zero_shot import RULES, NoiseSpaceFusion, Prompts, load_prior, ratio_weights
     from fusiondiff.zero_shot.jobs import NoiseFusionJob, jobs_from_yaml
 
+    float32_only(cfg)
     fusion = OmegaConf.to_container(cfg.fusion, resolve=True)
     input_yaml = fusion.pop("input_yaml", None)
     if input_yaml:
@@ -234,6 +244,7 @@ def inpaint(cfg: DictConfig) -> list[Path]:
     from fusiondiff.pipeline import resolve_device
     from fusiondiff.zero_shot import INPAINT_METHODS, NoiseSpaceFusion, Prompts, load_prior
 
+    float32_only(cfg)
     if not cfg.input or not cfg.mask:
         raise ConfigError("mode=inpaint needs input=<image> and mask=<hole mask image, white = hole>")
     opts = cfg.inpaint
