@@ -65,6 +65,11 @@ def test_bf16_precision_runs_the_network_in_bfloat16_and_nothing_else(bundle, pa
     sources = torch.stack([read_image(p) for p in pair])
     a, b = fp32(sources, steps=2), bf16(sources, steps=2)
     assert set(seen) == {torch.bfloat16} and b.dtype == torch.float32
+    seen.clear()  # an fp32 pipeline leaves a caller's own autocast on (scripts/benchmark.py once relied on that)
+    fp32.net.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fp32(sources, steps=1)
+    assert seen == [torch.bfloat16]
     assert 0 < (a - b).abs().max() < 0.1
     torch.testing.assert_close(a, load_pipeline(bundle)(sources, steps=2), rtol=0, atol=0)
     (out,) = run(bundle, tmp_path / "bf16.png", pair, "precision=bf16")

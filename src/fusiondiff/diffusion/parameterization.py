@@ -9,7 +9,7 @@ v-prediction there; the conversions below are exact, so the samplers only ever s
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +159,8 @@ class EpsDenoiser(nn.Module):
         under autocast to ``autocast`` (e.g. bfloat16: its convolutions and matrix products in that dtype)."""
         param = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
         net_dtype = param.dtype if param is not None else x_t.dtype
-        with torch.autocast(x_t.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+        # no autocast context at all without one: a disabled context would also switch off a caller's autocast
+        with torch.autocast(x_t.device.type, dtype=self.autocast) if self.autocast is not None else nullcontext():
             out = self.net(x_t.to(net_dtype), t, cond)
         out = out.to(x_t.dtype)
         if self.prediction == "blend":
