@@ -216,7 +216,8 @@ OTHER_CASES = {
     "evaluate_unknown_precision": ("evaluate", ["suite=synthetic", "precision=half"], "unknown precision 'half'"),
     "evaluate_missing_dataset": ("evaluate", ["dataset={dir}/nowhere"], "not found"),
     "evaluate_unknown_task": ("evaluate", ["task=nope"], "Could not find 'task/nope'"),
-    "zero_shot_bf16": ("infer", ["mode=noise_fusion", "precision=bf16", "inputs=[{a},{b}]"], "is for the trained modes"),
+    "zero_shot_bf16": ("infer", ["mode=noise_fusion", "precision=bf16", "inputs=[{a},{b}]"], "is for trained models"),
+    "zero_shot_evaluate_bf16": ("evaluate", ["task=zero_shot", "precision=bf16"], "the zero-shot prior runs in float32"),
     "hub_prior_offline": ("infer", ["mode=noise_fusion", "prior=nobody/no-such-model", "inputs=[{a},{b}]"],
                           "cannot load the diffusers pipeline 'nobody/no-such-model'"),
 }  # fmt: skip

@@ -72,8 +72,25 @@ def test_bf16_precision_runs_the_network_in_bfloat16_and_nothing_else(bundle, pa
     assert seen == [torch.bfloat16]
     assert 0 < (a - b).abs().max() < 0.1
     torch.testing.assert_close(a, load_pipeline(bundle)(sources, steps=2), rtol=0, atol=0)
-    (out,) = run(bundle, tmp_path / "bf16.png", pair, "precision=bf16")
+    (out,) = run(bundle, tmp_path / "bf16.png", pair, "precision=bf16", "device=cpu")
     assert (read_image(out) - b).abs().max() <= 0.5 / 127.5 + 1e-6  # the CLI writes that output, 8-bit rounded
+
+
+def test_bf16_is_refused_on_a_gpu_without_bfloat16_and_warned_about_on_a_cpu_without_bf16_units(monkeypatch):
+    """check_precision with the device: a GPU that cannot do bfloat16 is refused before any work (autocast would
+    fail at the first network call); a CPU without AMX / AVX512-BF16 runs it but is told it is usually slower."""
+    from fusiondiff.errors import ConfigError
+    from fusiondiff.pipeline import check_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    with pytest.raises(ConfigError, match="Old GPU has no bfloat16"):
+        check_precision("bf16", torch.device("cuda"))
+    assert check_precision("fp32", torch.device("cuda")) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="usually slower"):
+        assert check_precision("bf16", torch.device("cpu")) == "bf16"
 
 
 def test_pipeline_three_sources_and_batches(tmp_path):

@@ -113,11 +113,18 @@ class Tiling:
 DEFAULT_TILING = Tiling()
 
 
-def check_precision(name: str) -> str:
-    """``fp32`` (the network in float32) or ``bf16`` (bfloat16 autocast of the network: about 1.5-2x faster
-    on GPUs and on CPUs with AMX / AVX512-BF16, slower on others; outputs differ slightly, README "Speed")."""
+def check_precision(name: str, device: torch.device | None = None) -> str:
+    """``fp32`` (the network in float32) or ``bf16`` (bfloat16 autocast of the network: faster on GPUs and on
+    CPUs with AMX / AVX512-BF16, slower on others; outputs differ slightly, README "Speed"). With ``device``:
+    bf16 on a GPU without bfloat16 is refused, on a CPU without bfloat16 units it warns."""
     if name not in PRECISIONS:
         raise ConfigError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    if name == "bf16" and device is not None:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            gpu = torch.cuda.get_device_name(device)
+            raise ConfigError(f"precision=bf16: {gpu} has no bfloat16 arithmetic; use precision=fp32")
+        if device.type == "cpu" and not (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+            warnings.warn("precision=bf16 on a CPU without AMX / AVX512-BF16 is usually slower than fp32", stacklevel=2)
     return name
 
 

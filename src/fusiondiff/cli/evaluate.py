@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from fusiondiff.pipeline import check_precision
     from fusiondiff.tasks import get_task
 
-    check_precision(cfg.get("precision") or "fp32")
+    check_precision(cfg.get("precision") or "fp32", torch.device("cpu"))  # evaluations run on the CPU
     evaluation = get_task(cfg.task.name).evaluation(cfg)
     out_dir = Path(cfg.output_dir)
     rows = run(evaluation, out_dir, resume=cfg.resume, save_images=cfg.save_images)

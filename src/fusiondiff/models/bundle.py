@@ -25,7 +25,7 @@ DEFAULT_BUNDLE = ASSETS / "multifocus_blend.safetensors"  # the shipped multi-fo
 DEFAULT_PRIOR = ASSETS / "unconditional_small.safetensors"  # the shipped unconditional prior (zero-shot)
 STACK_BUNDLE = ASSETS / "multifocus_stack.safetensors"  # the shipped N-frame multi-focus model (experiment=multifocus_stack)
 # the halo-correcting boundary model (experiment=multifocus_boundary, session 14's 32-channel U-Net on a 2x coarser
-# grid): opt-in, not the default (README "Defocus boundaries": better in the band, lower Q^AB/F on real pairs, 11x slower)
+# grid): opt-in, not the default (README "Defocus boundaries": better in the band, lower Q^AB/F on real pairs)
 BOUNDARY_BUNDLE = ASSETS / "multifocus_boundary.safetensors"
 SHIPPED = {p.stem: p for p in (DEFAULT_BUNDLE, DEFAULT_PRIOR, STACK_BUNDLE, BOUNDARY_BUNDLE)}  # ckpt=<name> finds them
 

@@ -153,7 +153,8 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
     if not cfg.input_dir:
         raise ConfigError("mode=hdr needs input_dir=<scene folder or a folder of scene folders (Kalantari layout)>")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
-    resolve_device(cfg.device), check_precision(cfg.precision)
+    device = resolve_device(cfg.device)
+    precision = check_precision(cfg.precision, device)
     root = Path(cfg.input_dir)
     folders = [root] if (root / "exposure.txt").is_file() else scene_folders(root)
     out_dir, written = Path(cfg.output_dir), []
@@ -168,7 +169,7 @@ def reconstruct(cfg: DictConfig) -> list[Path]:
             "%d of %d scenes have outputs and are kept (overwrite=true replaces them)", len(folders) - len(todo), len(folders)
         )
     sizes = [load_scene(folder, require_hdr=False).ldrs.shape[-2:] for folder in todo]  # every scene reads
-    pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device), task="hdr", precision=cfg.precision)
+    pipe = load_pipeline(cfg.ckpt, device=device, task="hdr", precision=precision)
     sampler.check(pipe.schedule.num_timesteps)
     for h, w in sizes:
         pipe.check_sources(pipe.num_sources or 3, h, w)

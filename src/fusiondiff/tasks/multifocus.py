@@ -263,7 +263,8 @@ class MultiFocusTask(Task):
         from scikit-image's coffee and rocket, never trained on). Fused images are quantised to 8 bits (as if
         saved as PNG) before scoring; fusion metrics use 0..255, reference metrics [-1, 1].
 
-        Where every item has a ground truth, the method ``ground_truth`` scores it like a fused image: what a
+        In the paired (where every pair has a ground truth), synthetic and layered suites the method
+        ``ground_truth`` scores the truth like a fused image: what a
         perfect fusion gets on the source-based metrics (on layered scenes the truth scores a lower Q^AB/F than
         the decision map, which keeps the sources' halo edges: README "Defocus boundaries")."""
         from fusiondiff.evaluation import Evaluation, Item
@@ -675,7 +676,8 @@ def fuse(cfg: DictConfig) -> list[Path]:
         raise ConfigError(f"unknown method {cfg.method!r}; valid: {', '.join(STACK_METHODS)}")
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
     aligning = AlignConfig.from_config(cfg.align)
-    device, precision = resolve_device(cfg.device), check_precision(cfg.precision)
+    device = resolve_device(cfg.device)
+    precision = check_precision(cfg.precision, device)
     if cfg.input_dir:
         out_dir = Path(cfg.output_dir)
         jobs = [(s.name, list(s.sources), out_dir / f"{s.name}.png") for s in find_samples(cfg.input_dir)]

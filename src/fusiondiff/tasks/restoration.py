@@ -201,7 +201,8 @@ def restore(cfg: DictConfig) -> list[Path]:
         raise ConfigError("mode=restore needs ckpt=<model> and input=<degraded image> (and mask=<hole mask> for "
                          "inpainting) or input_dir=<folder: degraded/ + optional mask/, clean/; or plain images>")  # fmt: skip
     sampler, tiling = SamplerConfig.from_config(cfg.sampler).check(), Tiling.from_config(cfg).check()
-    resolve_device(cfg.device), check_precision(cfg.precision)
+    device = resolve_device(cfg.device)
+    precision = check_precision(cfg.precision, device)
     if cfg.input_dir:
         out_dir = Path(cfg.output_dir)
         jobs = [(d, m, out_dir / f"{stem}.png", c) for stem, d, m, c in restoration_files(cfg.input_dir)]
@@ -212,7 +213,7 @@ def restore(cfg: DictConfig) -> list[Path]:
     if len(todo) < len(jobs):
         log.info("%d of %d outputs exist and are kept (overwrite=true replaces them)", len(jobs) - len(todo), len(jobs))
     sizes = [load_degraded(path, mask_path).shape[-2:] for path, mask_path, _, _ in todo]  # every input decodes
-    pipe = load_pipeline(cfg.ckpt, device=resolve_device(cfg.device), task="restoration", precision=cfg.precision)
+    pipe = load_pipeline(cfg.ckpt, device=device, task="restoration", precision=precision)
     sampler.check(pipe.schedule.num_timesteps)
     for h, w in sizes:
         pipe.check_sources(1, h, w)

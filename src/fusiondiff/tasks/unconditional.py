@@ -55,6 +55,7 @@ class UnconditionalTask(Task):
         from fusiondiff.tasks.restoration import opencv_inpaint
         from fusiondiff.zero_shot import NoiseSpaceFusion, load_prior
 
+        float32_only(cfg)
         suite, size = cfg.get("suite") or "inpaint", cfg.get("size") or 96
         steps, seed = (cfg.get("steps") or [None])[0] or 50, cfg.get("suite_seed") or 0
         images = heldout_pair(size)
@@ -136,8 +137,8 @@ def float32_only(cfg: DictConfig) -> None:
     from fusiondiff.pipeline import check_precision
 
     if check_precision(cfg.get("precision") or "fp32") != "fp32":
-        raise ConfigError(f"precision={cfg.precision} is for the trained modes (fuse, hdr, restore); "
-                          f"mode={cfg.get('mode')} runs its prior in float32: drop precision=")  # fmt: skip
+        raise ConfigError(f"precision={cfg.precision} is for trained models (infer.py fuse / hdr / restore and their "
+                          "evaluations); the zero-shot prior runs in float32: drop precision=")  # fmt: skip
 
 
 def noise_fusion(cfg: DictConfig) -> list[Path]:
