@@ -24,8 +24,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_BUNDLE = ASSETS / "multifocus_blend.safetensors"  # the shipped multi-focus model
 DEFAULT_PRIOR = ASSETS / "unconditional_small.safetensors"  # the shipped unconditional prior (zero-shot)
 STACK_BUNDLE = ASSETS / "multifocus_stack.safetensors"  # the shipped N-frame multi-focus model (experiment=multifocus_stack)
-# the halo-correcting boundary model (experiment=multifocus_boundary, session 14's 32-channel U-Net on a 2x coarser
-# grid): opt-in, not the default (README "Defocus boundaries": better in the band, lower Q^AB/F on real pairs)
+# the halo-correcting boundary model (experiment=multifocus_boundary: a 32-channel U-Net on a 2x coarser grid,
+# 8000 steps; README "Defocus boundaries", session 15): opt-in, not the default (better in the band, lower Q^AB/F
+# on real pairs)
 BOUNDARY_BUNDLE = ASSETS / "multifocus_boundary.safetensors"
 SHIPPED = {p.stem: p for p in (DEFAULT_BUNDLE, DEFAULT_PRIOR, STACK_BUNDLE, BOUNDARY_BUNDLE)}  # ckpt=<name> finds them
 
