@@ -4,8 +4,9 @@
 
 Per dataset: the mean Q^AB/F of the model minus the decision map's, for the model as it is and with its
 output kept only within R px of a decision-map boundary (the decision map elsewhere; R = --reach values);
-the share of pixels where the model's disagreement gate is open (> 0.5); and how many 128 px grid cells lie
-within 16 px of a decision-map boundary (what windowed inference would have to run).
+the share of pixels where the model's disagreement gate is open (> 0.5); how many 128 px grid cells lie
+within 16 px of a decision-map boundary; and the share of pixels and of 32 / 64 px tiles where the boundary gate
+of ``decision_boundary`` models is open (what windowed inference of such a model would have to run).
 
 ``--snap T ...`` (decision_boundary models) instead sweeps the threshold of their last step
 (tasks/multifocus.py snap_to_decision_map; T = 0: no snapping) on tuning data only: ``--dataset`` pairs (for
@@ -42,7 +43,9 @@ from fusiondiff.evaluation.reports import paired_difference
 from fusiondiff.focus import decision_weights
 from fusiondiff.metrics import fusion
 from fusiondiff.tasks import load_pipeline
-from fusiondiff.tasks.multifocus import NYUD_HELDOUT, decision_map, snap_to_decision_map
+from fusiondiff.tasks.multifocus import NYUD_HELDOUT, boundary_gate, decision_map, snap_to_decision_map
+
+TILES = (32, 64)
 
 
 def near_boundary(sources: torch.Tensor, reach: int) -> torch.Tensor:
@@ -71,6 +74,7 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     deltas = {"model": [], **{f"within {r} px": [] for r in args.reach}}
     gate_open, cells, total_cells = [], 0, 0
+    confined = {"pixels": [], **{f"{t} px tiles": [] for t in TILES}}  # where a decision_boundary model may act
     for sample in find_samples(args.dataset):
         sources = load_sources(sample.sources, 3)
         dm, out = decision_map(sources), pipe(sources).cpu()
@@ -89,12 +93,18 @@ def main() -> None:
         h, w = near.shape
         grid = [near[y : y + 128, x : x + 128].any().item() for y in range(0, h, 128) for x in range(0, w, 128)]
         cells, total_cells = cells + sum(grid), total_cells + len(grid)
+        acting = (boundary_gate(decision_weights(sources[None].float()))[0] > 0).float()  # [1, H, W]
+        confined["pixels"].append(acting.mean().item())
+        for t in TILES:
+            confined[f"{t} px tiles"].append((F.max_pool2d(acting[None], t, t, ceil_mode=True) > 0).float().mean().item())
     n = len(gate_open)
     print(f"{args.dataset}: {n} pairs")
     for name, values in deltas.items():
         print(f"  Q^AB/F - decision map, {name}: {sum(values) / n:+.5f}")
     print(f"  gate open (> 0.5): {100 * sum(gate_open) / n:.1f} % of pixels")
     print(f"  128 px cells within 16 px of a decision-map boundary: {cells} of {total_cells}")
+    shares = ", ".join(f"{100 * sum(v) / n:.0f} % of the {k}" for k, v in confined.items())
+    print(f"  boundary gate > 0 (where decision_boundary models act; mean over pairs): {shares}")
 
 
 def snap_sweep(args: argparse.Namespace) -> None:
